@@ -1,0 +1,129 @@
+"""Settings read from the environment at start-up, and the parameters of one request."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+logger = logging.getLogger(__name__)
+
+PROJECT_DIR = Path(__file__).resolve().parent
+DEFAULT_ASR_MODEL = "models/whisper-base"
+DEFAULT_ASSISTANT_MODEL = "models/whisper-tiny.en"
+
+
+class RequestError(ValueError):
+    """A problem with what the client sent; `status` is the HTTP status a server answers with."""
+
+    def __init__(self, message: str, status: int = 400, field: str | None = None):
+        super().__init__(message)
+        self.message, self.status, self.field = message, status, field
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": self.message, "field": self.field} if self.field else {"error": self.message}
+
+
+class ModelSettings(BaseSettings):
+    """Which models to load and where; read once from env vars (ASR_MODEL, HF_TOKEN, ...)."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    asr_model: str = Field(DEFAULT_ASR_MODEL, description="Whisper checkpoint: hub id or local directory")
+    assistant_model: str | None = Field(
+        DEFAULT_ASSISTANT_MODEL, description="draft model for speculative decoding; empty string disables it"
+    )
+    diarization_model: str | None = Field(None, description="pyannote pipeline: hub id or local directory")
+    hf_token: SecretStr | None = Field(None, description="token for gated/private hub models")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", description="auto: fp16 on GPU, fp32 on CPU")
+    max_audio_seconds: float = Field(4 * 3600, gt=0, description="longer audio is refused with 413")
+
+    @field_validator("assistant_model", "diarization_model", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def resolve(self, name: str | None, base: Path) -> str | None:
+        """A relative path that exists under `base` (the handler repo) wins over a hub id of the same name."""
+        if name is None:
+            return None
+        for candidate in (base / name, Path(name).expanduser()):
+            if candidate.is_dir():
+                return str(candidate.resolve())
+        return name
+
+    def token(self) -> str | None:
+        return self.hf_token.get_secret_value() if self.hf_token else None
+
+
+class InferenceConfig(BaseModel):
+    """Parameters of one request; unknown keys are ignored and logged (as in the reference handler)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    task: Literal["transcribe", "translate"] = "transcribe"
+    batch_size: int | None = Field(None, ge=1, le=256, description="windows per forward pass; default 24, 1 when assisted")
+    assisted: bool = Field(False, description="speculative decoding with the assistant model")
+    chunk_length_s: float = Field(30.0, gt=0, le=30.0, description="longest window fed to Whisper, seconds")
+    sampling_rate: int = Field(16000, ge=1000, le=384000, description="rate of headerless raw PCM input only")
+    audio_format: Literal["auto", "pcm_s16le", "pcm_f32le"] = Field(
+        "auto", description="auto: a container (wav, flac, mp3, ogg, m4a, ...); pcm_*: headerless mono samples"
+    )
+    language: str | None = Field(None, max_length=32, description="e.g. 'en' or 'english'; None detects it")
+    return_timestamps: Literal["segment", "word"] = Field("segment", description="word adds per-word times")
+    vad: bool = Field(True, description="cut non-speech out with a voice-activity detector before Whisper")
+    num_beams: int = Field(1, ge=1, le=10, description="1 is greedy decoding")
+    num_speakers: int | None = Field(None, ge=1, le=100)
+    min_speakers: int | None = Field(None, ge=1, le=100)
+    max_speakers: int | None = Field(None, ge=1, le=100)
+
+    @field_validator("return_timestamps", mode="before")
+    @classmethod
+    def _true_is_segment(cls, value: Any) -> Any:
+        return "segment" if value is True else value
+
+    @field_validator("language", mode="before")
+    @classmethod
+    def _normalise_language(cls, value: Any) -> Any:
+        return value.strip().lower() or None if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "InferenceConfig":
+        if self.min_speakers and self.max_speakers and self.min_speakers > self.max_speakers:
+            raise ValueError(f"min_speakers ({self.min_speakers}) is greater than max_speakers ({self.max_speakers})")
+        if self.num_speakers and (
+            (self.min_speakers and self.num_speakers < self.min_speakers)
+            or (self.max_speakers and self.num_speakers > self.max_speakers)
+        ):
+            raise ValueError("num_speakers is outside [min_speakers, max_speakers]")
+        if self.assisted and self.batch_size not in (None, 1):
+            raise ValueError("assisted decoding works on one window at a time: use batch_size 1 or leave it unset")
+        if self.assisted and self.num_beams != 1:
+            raise ValueError("assisted decoding is greedy: num_beams must be 1")
+        return self
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.batch_size or (1 if self.assisted else 24)
+
+    @classmethod
+    def parse(cls, parameters: Any) -> "InferenceConfig":
+        """Validate request parameters; raises RequestError naming the offending field."""
+        if parameters is None:
+            parameters = {}
+        if not isinstance(parameters, dict):
+            raise RequestError("parameters must be a JSON object", field="parameters")
+        unknown = sorted(str(key) for key in parameters if key not in cls.model_fields)
+        if unknown:
+            logger.warning("ignoring unknown parameters: %s", ", ".join(unknown)[:500])
+        try:
+            return cls.model_validate(parameters)
+        except ValidationError as error:
+            first = error.errors()[0]
+            field = ".".join(str(part) for part in first["loc"]) or "parameters"
+            message = first["msg"].removeprefix("Value error, ")
+            raise RequestError(f"invalid parameter {field}: {message}", status=422, field=field) from None

@@ -1,0 +1,245 @@
+"""The one speech pipeline behind the handler and the server: decode, find speech, transcribe, diarize."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from audio import SAMPLE_RATE, decode_audio, payload_bytes
+from config import DEFAULT_ASR_MODEL, DEFAULT_ASSISTANT_MODEL, PROJECT_DIR, InferenceConfig, ModelSettings, RequestError
+from vad import SpeechDetector, group_windows
+
+logger = logging.getLogger(__name__)
+_SENTENCE_END = (".", "?", "!", "。", "？", "！")
+
+
+@dataclass
+class Word:
+    start: float
+    end: float
+    text: str
+    speaker: str | None = None
+
+
+@dataclass
+class Segment:
+    start: float
+    end: float
+    text: str
+    words: list[Word] = field(default_factory=list)
+    speaker: str | None = None
+
+
+@dataclass
+class Transcript:
+    text: str
+    segments: list[Segment]
+    duration: float
+    language: str | None = None
+    speakers: list[Segment] = field(default_factory=list)  # speaker-attributed segments; empty without diarization
+
+    def to_response(self, words: bool = False) -> dict[str, Any]:
+        """The Inference Endpoints contract: text, timestamped chunks, speakers (and words when asked)."""
+        response: dict[str, Any] = {
+            "text": self.text,
+            "chunks": [{"timestamp": [s.start, s.end], "text": s.text} for s in self.segments],
+            "speakers": [_speaker_dict(s, words) for s in self.speakers],
+            "language": self.language,
+            "duration": round(self.duration, 3),
+        }
+        if words:
+            response["words"] = [asdict(w) for s in self.segments for w in s.words]
+        return response
+
+
+def _speaker_dict(segment: Segment, words: bool) -> dict[str, Any]:
+    out = {"speaker": segment.speaker, "timestamp": [segment.start, segment.end], "text": segment.text}
+    if words:
+        out["words"] = [asdict(w) for w in segment.words]
+    return out
+
+
+def _device_and_dtype(settings: ModelSettings) -> tuple[torch.device, torch.dtype]:
+    device = torch.device("cuda" if settings.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if settings.device == "auto" else settings.device)
+    if settings.dtype != "auto":
+        return device, getattr(torch, settings.dtype)
+    return device, torch.float16 if device.type == "cuda" else torch.float32
+
+
+class SpeechPipeline:
+    """Loads the models once; `run(data)` serves one request of the Inference Endpoints contract."""
+
+    def __init__(self, settings: ModelSettings | None = None, base_dir: str | Path | None = None):
+        from transformers import pipeline
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.set_verbosity_error()  # per-request generation notices would flood service logs
+        self.settings = settings or ModelSettings()
+        base = Path(base_dir) if base_dir else PROJECT_DIR
+        self.device, self.dtype = _device_and_dtype(self.settings)
+        token = self.settings.token()
+        asr_model = self._resolve_required(self.settings.asr_model, DEFAULT_ASR_MODEL, base)
+        started = time.perf_counter()
+        try:
+            self.asr = pipeline(
+                "automatic-speech-recognition", model=asr_model, dtype=self.dtype, device=self.device, token=token,
+                model_kwargs={"attn_implementation": "sdpa"},
+            )
+        except Exception as error:  # a start-up failure must say which model, never echo the token
+            raise RuntimeError(f"could not load ASR_MODEL {asr_model!r}: {_redact(str(error), token)}") from None
+        generation = self.asr.model.generation_config
+        self.multilingual = bool(getattr(generation, "is_multilingual", True))
+        self.lang_to_id: dict[str, int] = dict(getattr(generation, "lang_to_id", None) or {})
+        self.assistant_kwargs = self._load_assistant(base, token)
+        self.detector = SpeechDetector()
+        self.diarizer = None
+        if self.settings.diarization_model:
+            from diarization_utils import load_diarizer
+
+            self.diarizer = load_diarizer(self.settings.resolve(self.settings.diarization_model, base), token,
+                                          self.device)
+        self._lock = threading.Lock()  # one forward pass at a time: transformers models are not re-entrant
+        logger.info("loaded %s on %s/%s in %.1f s (assistant: %s, diarization: %s)", asr_model, self.device,
+                    self.dtype, time.perf_counter() - started, bool(self.assistant_kwargs), bool(self.diarizer))
+
+    def _resolve_required(self, name: str, default: str, base: Path) -> str:
+        resolved = self.settings.resolve(name, base)
+        if name == default and not Path(resolved).is_dir():
+            raise RuntimeError(f"the default model {default} is missing: run `bash setup.sh` to build it, "
+                               "or set ASR_MODEL to a hub id or a local directory")
+        return resolved
+
+    def _load_assistant(self, base: Path, token: str | None) -> dict[str, Any]:
+        from transformers import AutoConfig, AutoTokenizer, GenerationMixin, WhisperForCausalLM
+        from transformers import WhisperForConditionalGeneration
+
+        class DraftWhisper(WhisperForConditionalGeneration):
+            # Whisper's own generate() resets the begin index of the logits processors it shares with the
+            # main model, which then stops enforcing timestamp rules: drafts use the generic loop.
+            generate = GenerationMixin.generate
+
+        name = self.settings.assistant_model
+        resolved = self.settings.resolve(name, base)
+        if resolved is None or (name == DEFAULT_ASSISTANT_MODEL and not Path(resolved).is_dir()):
+            return {}  # the offline default assistant is optional; an explicit one must load
+        try:
+            architectures = AutoConfig.from_pretrained(resolved, token=token).architectures or []
+            model_class = WhisperForCausalLM if "WhisperForCausalLM" in architectures else DraftWhisper
+            model = model_class.from_pretrained(resolved, dtype=self.dtype, token=token).to(self.device).eval()
+            tokenizer = AutoTokenizer.from_pretrained(resolved, token=token)
+        except Exception as error:
+            raise RuntimeError(f"could not load ASSISTANT_MODEL {resolved!r}: {_redact(str(error), token)}") from None
+        if tokenizer.get_vocab() == self.asr.tokenizer.get_vocab():
+            return {"assistant_model": model}
+        # different vocabularies (e.g. whisper-base + tiny.en): universal assisted generation re-tokenizes drafts
+        return {"assistant_model": model, "tokenizer": self.asr.tokenizer, "assistant_tokenizer": tokenizer}
+
+    def generate_kwargs(self, config: InferenceConfig) -> dict[str, Any]:
+        """Decoding options for one request; English-only checkpoints get no task/language tokens."""
+        kwargs: dict[str, Any] = {"num_beams": config.num_beams}
+        if self.multilingual:
+            kwargs["task"] = config.task
+            if config.language:
+                kwargs["language"] = self._language_code(config.language)
+        else:
+            if config.task == "translate":
+                raise RequestError("this model is English-only: task 'translate' is not available", 422, "task")
+            if config.language and config.language not in ("en", "english"):
+                raise RequestError(f"this model is English-only: language {config.language!r} is not available",
+                                   422, "language")
+        if config.assisted:
+            if not self.assistant_kwargs:
+                raise RequestError("assisted decoding asked for, but no ASSISTANT_MODEL is loaded", 400, "assisted")
+            kwargs.update(self.assistant_kwargs)
+        return kwargs
+
+    def _language_code(self, language: str) -> str:
+        from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
+
+        code = TO_LANGUAGE_CODE.get(language, language)
+        if f"<|{code}|>" not in self.lang_to_id:
+            raise RequestError(f"unknown language {language!r}: use a code such as 'en' or 'de'", 422, "language")
+        return code
+
+    def run(self, data: Any) -> dict[str, Any]:
+        """Serve one request: {"inputs": base64 or bytes, "parameters": {...}} -> response dict."""
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            data = {"inputs": data}
+        if not isinstance(data, dict):
+            raise RequestError("the request must be a JSON object with 'inputs'", field="inputs")
+        config = InferenceConfig.parse(data.get("parameters"))
+        audio = decode_audio(payload_bytes(data.get("inputs")), config.audio_format, config.sampling_rate,
+                             self.settings.max_audio_seconds)
+        return self.transcribe(audio, config).to_response(words=config.return_timestamps == "word")
+
+    def transcribe(self, audio: np.ndarray, config: InferenceConfig) -> Transcript:
+        """Transcribe 16 kHz mono float32 audio (and diarize it when a diarization model is loaded)."""
+        generate_kwargs = self.generate_kwargs(config)
+        duration = len(audio) / SAMPLE_RATE
+        regions = self.detector.regions(audio, config.chunk_length_s) if config.vad else [(0.0, duration)]
+        windows = group_windows(regions, config.chunk_length_s, duration)
+        segments = self._transcribe_windows(audio, windows, config, generate_kwargs)
+        text = "".join(segment.text for segment in segments).strip()
+        transcript = Transcript(text=text, segments=segments, duration=duration,
+                                language=generate_kwargs.get("language") or (None if self.multilingual else "en"))
+        if self.diarizer is not None:
+            from diarization_utils import diarize, merge_speakers
+
+            turns = diarize(self.diarizer, audio, config)
+            transcript.speakers = merge_speakers(turns, segments, by_word=config.return_timestamps == "word")
+        return transcript
+
+    def _transcribe_windows(self, audio: np.ndarray, windows: list[tuple[float, float]], config: InferenceConfig,
+                            generate_kwargs: dict[str, Any]) -> list[Segment]:
+        if not windows:
+            return []
+        inputs = [{"raw": audio[int(s * SAMPLE_RATE):int(e * SAMPLE_RATE)], "sampling_rate": SAMPLE_RATE}
+                  for s, e in windows]
+        word_level = config.return_timestamps == "word"
+        with self._lock, torch.inference_mode():
+            outputs = self.asr(inputs, batch_size=config.effective_batch_size,
+                               return_timestamps="word" if word_level else True, generate_kwargs=generate_kwargs)
+        segments: list[Segment] = []
+        for (start, end), output in zip(windows, outputs):
+            chunks = [(_clock(c["timestamp"][0], start, start, end), _clock(c["timestamp"][1], end, start, end),
+                       c["text"]) for c in output.get("chunks", []) if c["text"]]
+            if word_level:
+                segments.extend(_sentences([Word(s, e, t) for s, e, t in chunks]))
+            else:
+                segments.extend(Segment(s, e, t) for s, e, t in chunks)
+        return segments
+
+
+def _clock(offset: float | None, fallback: float, start: float, end: float) -> float:
+    """A window-relative time as seconds of the original audio, kept inside the window."""
+    return round(fallback if offset is None else min(end, start + offset), 3)
+
+
+def _sentences(words: list[Word]) -> list[Segment]:
+    """Group word chunks (one window's) into sentence segments."""
+    segments: list[Segment] = []
+    current: list[Word] = []
+    for word in words:
+        current.append(word)
+        if word.text.rstrip().endswith(_SENTENCE_END):
+            segments.append(_segment_of(current))
+            current = []
+    if current:
+        segments.append(_segment_of(current))
+    return segments
+
+
+def _segment_of(words: list[Word]) -> Segment:
+    return Segment(words[0].start, words[-1].end, "".join(w.text for w in words), list(words))
+
+
+def _redact(text: str, secret: str | None) -> str:
+    return text.replace(secret, "***") if secret else text

@@ -1,0 +1,63 @@
+"""End to end on the real converted whisper-base (and tiny.en as assistant), offline."""
+
+import re
+
+import jiwer
+import numpy as np
+import pytest
+from conftest import MODELS, SAMPLE_TEXT, b64, encode, make_pipeline
+
+from audio import decode_audio
+
+pytestmark = pytest.mark.e2e
+
+
+def words(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z0-9' ]", " ", text.lower()).split())
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    return jiwer.wer(words(reference), words(hypothesis))
+
+
+@pytest.fixture(scope="module")
+def real():
+    return make_pipeline(MODELS / "whisper-base", MODELS / "whisper-tiny.en")
+
+
+def test_sample_transcribes_to_the_expected_words(real, sample_bytes):
+    out = real.run({"inputs": b64(sample_bytes)})
+    assert wer(SAMPLE_TEXT, out["text"]) <= 0.1, out["text"]
+    assert out["chunks"][0]["timestamp"][0] < 0.5 and 9.5 < out["chunks"][-1]["timestamp"][1] <= out["duration"]
+
+
+def test_stereo_44k_mp3_gives_the_same_words_as_the_16k_flac(real, sample_bytes):
+    audio = decode_audio(sample_bytes)
+    upsampled = np.interp(np.arange(0, len(audio), 16000 / 44100), np.arange(len(audio)), audio).astype(np.float32)
+    mp3 = encode(upsampled, 44100, "mp3", "libmp3lame", channels=2)
+    from_flac = real.run({"inputs": sample_bytes})
+    from_mp3 = real.run({"inputs": b64(mp3), "parameters": {"sampling_rate": 8000}})  # ignored for containers
+    assert words(from_mp3["text"]) == words(from_flac["text"])
+    assert abs(from_mp3["duration"] - from_flac["duration"]) < 0.1
+
+
+def test_assisted_with_tiny_en_equals_plain_greedy(real, sample_bytes):
+    assert "assistant_tokenizer" in real.assistant_kwargs  # base and tiny.en do not share a vocabulary
+    plain = real.run({"inputs": sample_bytes, "parameters": {"batch_size": 1}})
+    assisted = real.run({"inputs": sample_bytes, "parameters": {"assisted": True}})
+    assert assisted == plain
+
+
+def test_word_timestamps_follow_the_speech(real, sample_bytes):
+    out = real.run({"inputs": sample_bytes, "parameters": {"return_timestamps": "word"}})
+    hello = out["words"][0]
+    assert words(hello["text"]) == "hello" and hello["start"] < 0.5 and hello["end"] < 1.0
+    starts = [w["start"] for w in out["words"]]
+    assert starts == sorted(starts) and out["words"][-1]["end"] > 9.0
+
+
+def test_silence_and_noise_give_an_empty_transcript(real):
+    rng = np.random.default_rng(0)
+    for audio in (np.zeros(16000 * 20, np.float32), (0.01 * rng.standard_normal(16000 * 20)).astype(np.float32)):
+        out = real.run({"inputs": encode(audio, 16000, "wav", "pcm_s16le")})
+        assert out["text"] == "" and out["chunks"] == []

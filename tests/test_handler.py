@@ -1,0 +1,131 @@
+"""The handler on tiny random Whisper checkpoints, loaded by path through the hub-id code path."""
+
+import numpy as np
+import pytest
+from conftest import b64, encode, make_pipeline, tone
+
+from config import RequestError
+from handler import EndpointHandler
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_models):
+    return make_pipeline(tiny_models["main"], tiny_models["draft"])
+
+
+@pytest.fixture(scope="module")
+def speechlike() -> bytes:
+    """Three seconds of a gliding tone (VAD is off in these tests: random models need no real speech)."""
+    t = np.arange(3 * 16000) / 16000
+    audio = (0.3 * np.sin(2 * np.pi * (200 + 100 * t) * t)).astype(np.float32)
+    return encode(audio, 16000, "wav", "pcm_s16le")
+
+
+def test_handler_loads_from_env_and_serves_both_input_kinds(monkeypatch, tiny_models, speechlike):
+    monkeypatch.setenv("ASR_MODEL", str(tiny_models["main"]))
+    monkeypatch.setenv("ASSISTANT_MODEL", "")
+    handler = EndpointHandler()
+    params = {"vad": False}
+    from_b64 = handler({"inputs": b64(speechlike), "parameters": params})
+    from_bytes = handler({"inputs": speechlike, "parameters": params})
+    assert from_b64 == from_bytes
+    assert set(from_b64) >= {"text", "chunks", "speakers"} and from_b64["speakers"] == []
+    assert from_b64["text"] == "".join(c["text"] for c in from_b64["chunks"]).strip()
+
+
+def test_chunks_are_timestamped_inside_the_audio(tiny, speechlike):
+    out = tiny.run({"inputs": speechlike, "parameters": {"vad": False}})
+    assert out["chunks"], out
+    times = [t for c in out["chunks"] for t in c["timestamp"]]
+    assert all(0 <= t <= 3.0 for t in times) and times == sorted(times)
+
+
+def test_long_audio_is_cut_into_windows_and_batched(tiny):
+    audio = np.concatenate([tone(2.0, freq=300 + 50 * i) for i in range(6)])  # 12 s
+    data = encode(audio, 16000, "flac", "flac")
+    out = tiny.run({"inputs": data, "parameters": {"vad": False, "chunk_length_s": 5, "batch_size": 2}})
+    starts = [c["timestamp"][0] for c in out["chunks"]]
+    assert starts == sorted(starts) and max(c["timestamp"][1] for c in out["chunks"]) <= 12.0
+    assert any(s >= 5.0 for s in starts)  # windows after the first were transcribed and offset
+
+
+def test_word_timestamps(tiny, speechlike):
+    out = tiny.run({"inputs": speechlike, "parameters": {"vad": False, "return_timestamps": "word"}})
+    assert "words" in out and out["words"]
+    assert "".join(w["text"] for w in out["words"]) == "".join(c["text"] for c in out["chunks"])
+    for word in out["words"]:
+        assert 0 <= word["start"] <= word["end"] <= 3.0
+
+
+def test_silence_gives_an_empty_transcript(tiny):
+    out = tiny.run({"inputs": encode(np.zeros(16000 * 4, np.float32), 16000, "wav", "pcm_s16le")})
+    assert out["text"] == "" and out["chunks"] == [] and out["duration"] == 4.0
+
+
+@pytest.mark.parametrize("assistant", ["draft", "draft_en"])
+def test_assisted_equals_greedy_token_for_token(tiny_models, speechlike, assistant):
+    pipe = make_pipeline(tiny_models["main"], tiny_models[assistant])
+    shared_vocab = "tokenizer" not in pipe.assistant_kwargs
+    assert shared_vocab == (assistant == "draft")
+    plain = pipe.run({"inputs": speechlike, "parameters": {"vad": False}})
+    assisted = pipe.run({"inputs": speechlike, "parameters": {"vad": False, "assisted": True}})
+    assert assisted == plain
+
+
+def test_assisted_without_an_assistant_is_a_client_error(tiny_models, speechlike):
+    pipe = make_pipeline(tiny_models["main"])
+    with pytest.raises(RequestError, match="no ASSISTANT_MODEL") as caught:
+        pipe.run({"inputs": speechlike, "parameters": {"assisted": True}})
+    assert caught.value.field == "assisted"
+
+
+def test_language_is_validated(tiny, speechlike):
+    assert tiny.run({"inputs": speechlike, "parameters": {"vad": False, "language": "German"}})["language"] == "de"
+    with pytest.raises(RequestError, match="unknown language") as caught:
+        tiny.run({"inputs": speechlike, "parameters": {"language": "klingon"}})
+    assert caught.value.status == 422 and caught.value.field == "language"
+
+
+def test_english_only_models_get_no_task_or_language(tiny_models, speechlike):
+    pipe = make_pipeline(tiny_models["main_en"])
+    assert not pipe.multilingual
+    kwargs = pipe.generate_kwargs(pipe_config({"language": "en"}))
+    assert "task" not in kwargs and "language" not in kwargs
+    assert pipe.run({"inputs": speechlike, "parameters": {"vad": False, "language": "en"}})["language"] == "en"
+    with pytest.raises(RequestError, match="English-only"):
+        pipe.run({"inputs": speechlike, "parameters": {"task": "translate"}})
+    with pytest.raises(RequestError, match="English-only"):
+        pipe.run({"inputs": speechlike, "parameters": {"language": "fr"}})
+
+
+def pipe_config(parameters):
+    from config import InferenceConfig
+
+    return InferenceConfig.parse(parameters)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"inputs": "%%%"}, "not valid base64"),
+    ({"inputs": b64(b"RIFF1234WAVEfmt garbage")}, "not a supported audio file"),
+    ({"parameters": {}}, "inputs is missing"),
+    ("just a string", "JSON object"),
+    ({"inputs": b"x", "parameters": {"batch_size": -3}}, "batch_size"),
+])
+def test_bad_requests_raise_request_errors(tiny, data, message):
+    with pytest.raises(RequestError, match=message):
+        tiny.run(data)
+
+
+def test_missing_default_model_says_how_to_fix(monkeypatch, tmp_path):
+    from config import ModelSettings
+    from speech_pipeline import SpeechPipeline
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RuntimeError, match="setup.sh"):
+        SpeechPipeline(ModelSettings(assistant_model=""), base_dir=tmp_path / "nowhere")
+
+
+def test_missing_model_fails_fast_without_leaking_the_token(tmp_path):
+    with pytest.raises(RuntimeError, match="could not load ASR_MODEL") as caught:
+        make_pipeline(tmp_path / "no-such-model", hf_token="hf_topsecret123")
+    assert "hf_topsecret123" not in str(caught.value)

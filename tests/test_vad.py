@@ -1,0 +1,34 @@
+import numpy as np
+from conftest import SAMPLE
+from hypothesis import given
+from hypothesis import strategies as st
+
+from audio import decode_audio
+from vad import SpeechDetector, group_windows
+
+
+def test_speech_is_found_and_silence_is_not():
+    detector = SpeechDetector()
+    speech = decode_audio(SAMPLE.read_bytes())
+    padded = np.concatenate([np.zeros(16000 * 3, np.float32), speech])
+    regions = detector.regions(padded, 30)
+    assert regions and regions[0][0] > 2.5 and regions[-1][1] > 12
+    assert detector.regions(np.zeros(16000 * 5, np.float32), 30) == []
+
+
+regions_strategy = st.lists(st.tuples(st.floats(0, 500), st.floats(0.05, 70)), max_size=40).map(
+    lambda pairs: sorted((s, s + d) for s, d in pairs))
+
+
+@given(regions_strategy, st.floats(1, 30))
+def test_windows_cover_speech_without_overlap_and_respect_the_limit(regions, limit):
+    duration = 600.0
+    windows = group_windows(regions, limit, duration)
+    for start, end in windows:
+        assert 0 <= start < end <= duration and end - start <= limit + 1e-3
+    for (_, end), (start, _) in zip(windows, windows[1:]):
+        assert end <= start + 1e-3
+    for start, end in regions:  # every bit of speech lands in some window
+        mid = min((start + end) / 2, duration)
+        if mid < duration:
+            assert any(ws - 1e-3 <= mid <= we + 1e-3 for ws, we in windows)

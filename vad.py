@@ -1,0 +1,51 @@
+"""Voice-activity segmentation: where the speech is, grouped into windows Whisper can take in one pass.
+
+Whisper hallucinates on long silences (it repeats earlier text); feeding it only speech, in windows of
+at most 30 s, is the guard faster-whisper's batched mode and whisperX use too.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+
+SAMPLE_RATE = 16000
+Window = tuple[float, float]
+
+
+class SpeechDetector:
+    """Silero VAD (MIT, shipped inside the `silero-vad` wheel): speech regions in seconds."""
+
+    def __init__(self) -> None:
+        from silero_vad import load_silero_vad
+
+        self._model = load_silero_vad()
+        self._lock = threading.Lock()  # the model carries recurrent state between calls
+
+    def regions(self, audio: np.ndarray, max_region_s: float) -> list[Window]:
+        from silero_vad import get_speech_timestamps
+
+        with self._lock, torch.inference_mode():
+            found = get_speech_timestamps(
+                torch.from_numpy(audio), self._model, sampling_rate=SAMPLE_RATE,
+                max_speech_duration_s=max_region_s, speech_pad_ms=200, min_silence_duration_ms=300,
+            )
+        return [(r["start"] / SAMPLE_RATE, r["end"] / SAMPLE_RATE) for r in found]
+
+
+def group_windows(regions: list[Window], max_window_s: float, duration: float) -> list[Window]:
+    """Merge consecutive speech regions into windows no longer than `max_window_s`, splitting longer ones."""
+    windows: list[list[float]] = []
+    for start, end in regions:
+        start, end = max(0.0, start, windows[-1][1] if windows else 0.0), min(duration, end)  # no audio twice
+        if windows and end - windows[-1][0] <= max_window_s:
+            windows[-1][1] = max(windows[-1][1], end)
+            continue
+        while end - start > max_window_s:  # a region the VAD could not cut at a pause
+            windows.append([start, start + max_window_s])
+            start += max_window_s
+        if end > start:
+            windows.append([start, end])
+    return [(round(s, 3), round(e, 3)) for s, e in windows]
