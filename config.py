@@ -14,6 +14,7 @@ logger = logging.getLogger(__name__)
 PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_ASR_MODEL = "models/whisper-base"
 DEFAULT_ASSISTANT_MODEL = "models/whisper-tiny.en"
+DEFAULT_DIARIZATION_MODEL = "models/diarization"
 
 
 class RequestError(ValueError):
@@ -27,6 +28,11 @@ class RequestError(ValueError):
         return {"error": self.message, "field": self.field} if self.field else {"error": self.message}
 
 
+def redact(text: str, secret: str | None) -> str:
+    """Remove a secret from text headed for logs or clients (library errors can echo tokens)."""
+    return text.replace(secret, "***") if secret else text
+
+
 class ModelSettings(BaseSettings):
     """Which models to load and where; read once from env vars (ASR_MODEL, HF_TOKEN, ...)."""
 
@@ -36,7 +42,9 @@ class ModelSettings(BaseSettings):
     assistant_model: str | None = Field(
         DEFAULT_ASSISTANT_MODEL, description="draft model for speculative decoding; empty string disables it"
     )
-    diarization_model: str | None = Field(None, description="pyannote pipeline: hub id or local directory")
+    diarization_model: str | None = Field(
+        DEFAULT_DIARIZATION_MODEL, description="pyannote pipeline: hub id or local directory; empty string disables it"
+    )
     hf_token: SecretStr | None = Field(None, description="token for gated/private hub models")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", description="auto: fp16 on GPU, fp32 on CPU")
@@ -76,6 +84,7 @@ class InferenceConfig(BaseModel):
     language: str | None = Field(None, max_length=32, description="e.g. 'en' or 'english'; None detects it")
     return_timestamps: Literal["segment", "word"] = Field("segment", description="word adds per-word times")
     vad: bool = Field(True, description="cut non-speech out with a voice-activity detector before Whisper")
+    diarization: bool = Field(True, description="attribute speakers when a diarization model is loaded")
     num_beams: int = Field(1, ge=1, le=10, description="1 is greedy decoding")
     num_speakers: int | None = Field(None, ge=1, le=100)
     min_speakers: int | None = Field(None, ge=1, le=100)

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from audio import SAMPLE_RATE, decode_audio, payload_bytes
-from config import DEFAULT_ASR_MODEL, DEFAULT_ASSISTANT_MODEL, PROJECT_DIR, InferenceConfig, ModelSettings, RequestError
+from config import (DEFAULT_ASR_MODEL, DEFAULT_ASSISTANT_MODEL, DEFAULT_DIARIZATION_MODEL, PROJECT_DIR, InferenceConfig,
+                    ModelSettings, RequestError, redact)
 from vad import SpeechDetector, group_windows
 
 logger = logging.getLogger(__name__)
@@ -94,19 +95,20 @@ class SpeechPipeline:
                 model_kwargs={"attn_implementation": "sdpa"},
             )
         except Exception as error:  # a start-up failure must say which model, never echo the token
-            raise RuntimeError(f"could not load ASR_MODEL {asr_model!r}: {_redact(str(error), token)}") from None
+            raise RuntimeError(f"could not load ASR_MODEL {asr_model!r}: {redact(str(error), token)}") from None
         generation = self.asr.model.generation_config
         self.multilingual = bool(getattr(generation, "is_multilingual", True))
         self.lang_to_id: dict[str, int] = dict(getattr(generation, "lang_to_id", None) or {})
         self.assistant_kwargs = self._load_assistant(base, token)
         self.detector = SpeechDetector()
         self.diarizer = None
-        if self.settings.diarization_model:
+        diarization_model = self._resolve_optional(self.settings.diarization_model, DEFAULT_DIARIZATION_MODEL, base)
+        if diarization_model:
             from diarization_utils import load_diarizer
 
-            self.diarizer = load_diarizer(self.settings.resolve(self.settings.diarization_model, base), token,
-                                          self.device)
+            self.diarizer = load_diarizer(diarization_model, token, self.device)
         self._lock = threading.Lock()  # one forward pass at a time: transformers models are not re-entrant
+        self._diarization_lock = threading.Lock()  # pyannote pipelines keep state between calls too
         logger.info("loaded %s on %s/%s in %.1f s (assistant: %s, diarization: %s)", asr_model, self.device,
                     self.dtype, time.perf_counter() - started, bool(self.assistant_kwargs), bool(self.diarizer))
 
@@ -115,6 +117,13 @@ class SpeechPipeline:
         if name == default and not Path(resolved).is_dir():
             raise RuntimeError(f"the default model {default} is missing: run `bash setup.sh` to build it, "
                                "or set ASR_MODEL to a hub id or a local directory")
+        return resolved
+
+    def _resolve_optional(self, name: str | None, default: str, base: Path) -> str | None:
+        """None when unset, or when it is the offline default and set-up did not build it; explicit ones must load."""
+        resolved = self.settings.resolve(name, base)
+        if resolved is None or (name == default and not Path(resolved).is_dir()):
+            return None
         return resolved
 
     def _load_assistant(self, base: Path, token: str | None) -> dict[str, Any]:
@@ -126,17 +135,16 @@ class SpeechPipeline:
             # main model, which then stops enforcing timestamp rules: drafts use the generic loop.
             generate = GenerationMixin.generate
 
-        name = self.settings.assistant_model
-        resolved = self.settings.resolve(name, base)
-        if resolved is None or (name == DEFAULT_ASSISTANT_MODEL and not Path(resolved).is_dir()):
-            return {}  # the offline default assistant is optional; an explicit one must load
+        resolved = self._resolve_optional(self.settings.assistant_model, DEFAULT_ASSISTANT_MODEL, base)
+        if resolved is None:
+            return {}
         try:
             architectures = AutoConfig.from_pretrained(resolved, token=token).architectures or []
             model_class = WhisperForCausalLM if "WhisperForCausalLM" in architectures else DraftWhisper
             model = model_class.from_pretrained(resolved, dtype=self.dtype, token=token).to(self.device).eval()
             tokenizer = AutoTokenizer.from_pretrained(resolved, token=token)
         except Exception as error:
-            raise RuntimeError(f"could not load ASSISTANT_MODEL {resolved!r}: {_redact(str(error), token)}") from None
+            raise RuntimeError(f"could not load ASSISTANT_MODEL {resolved!r}: {redact(str(error), token)}") from None
         if tokenizer.get_vocab() == self.asr.tokenizer.get_vocab():
             return {"assistant_model": model}
         # different vocabularies (e.g. whisper-base + tiny.en): universal assisted generation re-tokenizes drafts
@@ -190,10 +198,11 @@ class SpeechPipeline:
         text = "".join(segment.text for segment in segments).strip()
         transcript = Transcript(text=text, segments=segments, duration=duration,
                                 language=generate_kwargs.get("language") or (None if self.multilingual else "en"))
-        if self.diarizer is not None:
+        if self.diarizer is not None and config.diarization:
             from diarization_utils import diarize, merge_speakers
 
-            turns = diarize(self.diarizer, audio, config)
+            with self._diarization_lock:
+                turns = diarize(self.diarizer, audio, config)
             transcript.speakers = merge_speakers(turns, segments, by_word=config.return_timestamps == "word")
         return transcript
 
@@ -239,7 +248,3 @@ def _sentences(words: list[Word]) -> list[Segment]:
 
 def _segment_of(words: list[Word]) -> Segment:
     return Segment(words[0].start, words[-1].end, "".join(w.text for w in words), list(words))
-
-
-def _redact(text: str, secret: str | None) -> str:
-    return text.replace(secret, "***") if secret else text

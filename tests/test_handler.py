@@ -24,6 +24,7 @@ def speechlike() -> bytes:
 def test_handler_loads_from_env_and_serves_both_input_kinds(monkeypatch, tiny_models, speechlike):
     monkeypatch.setenv("ASR_MODEL", str(tiny_models["main"]))
     monkeypatch.setenv("ASSISTANT_MODEL", "")
+    monkeypatch.setenv("DIARIZATION_MODEL", "")
     handler = EndpointHandler()
     params = {"vad": False}
     from_b64 = handler({"inputs": b64(speechlike), "parameters": params})
@@ -122,7 +123,7 @@ def test_missing_default_model_says_how_to_fix(monkeypatch, tmp_path):
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(RuntimeError, match="setup.sh"):
-        SpeechPipeline(ModelSettings(assistant_model=""), base_dir=tmp_path / "nowhere")
+        SpeechPipeline(ModelSettings(assistant_model="", diarization_model=""), base_dir=tmp_path / "nowhere")
 
 
 def test_missing_model_fails_fast_without_leaking_the_token(tmp_path):

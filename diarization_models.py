@@ -1,0 +1,177 @@
+"""Real speaker models from PyPI packaged as pyannote.audio `Model`s, for the offline diarization default.
+
+pyannote's own weights are gated on the hub. These stand in its `SpeakerDiarization` pipeline:
+- `SileroSegmentation`: Silero VAD (MIT, `silero-vad` wheel) as a one-speaker powerset segmentation model;
+  it finds speech but models neither overlap nor speaker change: changes come from clustering short chunks.
+- `ResemblyzerEmbedding`: Resemblyzer's GE2E speaker encoder (Apache-2.0, `resemblyzer` wheel, weights only:
+  the package's imports pull librosa/numba, so its 40-band mel front-end is redone with torchaudio).
+Checkpoints of both load through `Model.from_pretrained`, so a local `config.yaml` names them like hub models.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")  # pyannote 4 sends telemetry unless told not to
+warnings.filterwarnings("ignore", message=r"[\s\S]*torchcodec")  # we hand pyannote waveforms, never files
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import torchaudio  # noqa: E402
+from pyannote.audio import Model  # noqa: E402
+from pyannote.audio.core.task import Problem, Resolution, Specifications  # noqa: E402
+from torch import nn  # noqa: E402
+
+SAMPLE_RATE = 16000
+_VAD_FRAME = 512  # samples per Silero frame at 16 kHz (32 ms)
+
+
+class SileroSegmentation(Model):
+    """Speech probability per 32 ms frame as log-probabilities of the powerset {silence, speaker#1}."""
+
+    def __init__(self, sample_rate: int = SAMPLE_RATE, num_channels: int = 1, task=None, duration: float = 2.0):
+        super().__init__(sample_rate=sample_rate, num_channels=num_channels, task=task)
+        self.save_hyperparameters("duration")
+        from silero_vad import load_silero_vad
+
+        object.__setattr__(self, "_vad", load_silero_vad())  # TorchScript, outside the state dict
+        self.specifications = Specifications(
+            problem=Problem.MONO_LABEL_CLASSIFICATION, resolution=Resolution.FRAME, duration=duration,
+            classes=["speaker#1"], powerset_max_classes=1, permutation_invariant=True)
+
+    @property
+    def dimension(self) -> int:
+        return 2
+
+    def num_frames(self, num_samples: int) -> int:
+        return num_samples // _VAD_FRAME
+
+    def receptive_field_size(self, num_frames: int = 1) -> int:
+        return num_frames * _VAD_FRAME
+
+    def receptive_field_center(self, frame: int = 0) -> int:
+        return frame * _VAD_FRAME + _VAD_FRAME // 2
+
+    @torch.inference_mode()
+    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
+        samples = waveforms[:, 0].cpu()
+        self._vad.reset_states()
+        probs = torch.stack([self._vad(samples[:, i * _VAD_FRAME:(i + 1) * _VAD_FRAME], SAMPLE_RATE)[:, 0]
+                             for i in range(self.num_frames(samples.shape[1]))], dim=1).clamp(1e-6, 1 - 1e-6)
+        return torch.stack([torch.log1p(-probs), torch.log(probs)], dim=-1).to(waveforms.device)
+
+
+class ResemblyzerEmbedding(Model):
+    """256-d GE2E utterance embeddings: 1.6 s partials at 1.3 per second, averaged and L2-normalised."""
+
+    _PARTIAL, _HOP, _RATE, _COVERAGE, _TARGET_DBFS = 160, 160, 1.3, 0.75, -30.0
+
+    def __init__(self, sample_rate: int = SAMPLE_RATE, num_channels: int = 1, task=None, min_speech: float = 0.4):
+        super().__init__(sample_rate=sample_rate, num_channels=num_channels, task=task)
+        self.save_hyperparameters("min_speech")
+        self.lstm = nn.LSTM(40, 256, 3, batch_first=True)
+        self.linear = nn.Linear(256, 256)
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=SAMPLE_RATE, n_fft=400, hop_length=self._HOP, n_mels=40, power=2.0, center=True,
+            pad_mode="constant", mel_scale="slaney", norm="slaney")
+        self.load_state_dict(torch.load(resemblyzer_weights(), map_location="cpu")["model_state"], strict=False)
+        self.specifications = Specifications(problem=Problem.REPRESENTATION, resolution=Resolution.CHUNK,
+                                             duration=10.0)
+
+    @property
+    def dimension(self) -> int:
+        return 256
+
+    def _embed(self, wav: torch.Tensor) -> torch.Tensor:
+        rms_db = 10 * torch.log10(torch.mean(wav ** 2) + 1e-12)
+        if rms_db < self._TARGET_DBFS:  # resemblyzer normalises quiet audio up to -30 dBFS
+            wav = wav * 10 ** ((self._TARGET_DBFS - rms_db) / 20)
+        frames = int(np.ceil((len(wav) + 1) / self._HOP))
+        step = int(round(SAMPLE_RATE / self._RATE / self._HOP))
+        starts = list(range(0, max(1, frames - self._PARTIAL + step + 1), step))
+        if len(starts) > 1 and (len(wav) - starts[-1] * self._HOP) / (self._PARTIAL * self._HOP) < self._COVERAGE:
+            starts = starts[:-1]
+        wav = F.pad(wav, (0, max(0, (starts[-1] + self._PARTIAL) * self._HOP - len(wav))))
+        mel = self.mel(wav).T
+        _, (hidden, _) = self.lstm(torch.stack([mel[s:s + self._PARTIAL] for s in starts]))
+        partials = F.normalize(F.relu(self.linear(hidden[-1])), dim=1)
+        return F.normalize(partials.mean(0), dim=0)
+
+    def forward(self, waveforms: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, 1, samples) and optional frame weights -> (batch, 256); NaN rows where too little speech."""
+        out = []
+        for b in range(waveforms.shape[0]):
+            wav = waveforms[b, 0]
+            if weights is not None:
+                keep = F.interpolate(weights[b][None, None].float(), size=wav.shape[0], mode="nearest")[0, 0] > 0.5
+                if keep.sum() < self.hparams.min_speech * SAMPLE_RATE:
+                    out.append(torch.full((256,), float("nan"), device=wav.device))  # pyannote skips NaN rows
+                    continue
+                wav = wav[keep]
+            out.append(self._embed(wav))
+        return torch.stack(out)
+
+
+def resemblyzer_weights() -> Path:
+    spec = importlib.util.find_spec("resemblyzer")  # locate the wheel without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("resemblyzer is not installed: pip install --no-deps resemblyzer==0.1.4")
+    return Path(next(iter(spec.submodule_search_locations))) / "pretrained.pt"
+
+
+def save_checkpoint(model: Model, path: Path) -> Path:
+    """Write `model` in the checkpoint format `Model.from_pretrained` reads (a Lightning dict + pyannote meta)."""
+    import lightning
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                  "pytorch-lightning_version": lightning.__version__}
+    model.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, path)
+    return path
+
+
+def write_placeholder_plda(directory: Path, dimension: int, lda_dimension: int = 128) -> Path:
+    """pyannote 4.0 loads a PLDA even for agglomerative clustering (which never uses it); this one is untrained."""
+    directory.mkdir(parents=True, exist_ok=True)
+    np.savez(directory / "xvec_transform.npz", mean1=np.zeros(dimension), mean2=np.zeros(lda_dimension),
+             lda=np.eye(dimension, lda_dimension))
+    np.savez(directory / "plda.npz", mu=np.zeros(lda_dimension), tr=np.eye(lda_dimension),
+             psi=np.linspace(2.0, 1.0, lda_dimension))
+    return directory
+
+
+def write_pipeline(out: Path, segmentation: Model, embedding: Model, clustering: dict,
+                   min_duration_off: float = 0.0, embedding_batch_size: int = 4) -> Path:
+    """Save both models and a speaker-diarization-3.1-style `config.yaml` that names them by local path."""
+    import yaml
+
+    save_checkpoint(segmentation, out / "segmentation" / "pytorch_model.bin")
+    save_checkpoint(embedding, out / "embedding" / "pytorch_model.bin")  # no "wespeaker" in the path: see README
+    write_placeholder_plda(out / "plda", embedding.dimension)
+    config = {
+        "version": "3.1.0",
+        "pipeline": {"name": "pyannote.audio.pipelines.SpeakerDiarization", "params": {
+            "clustering": "AgglomerativeClustering",
+            "segmentation": "$model/segmentation",
+            "embedding": "$model/embedding",
+            "plda": "$model/plda",
+            "embedding_batch_size": embedding_batch_size,
+            "embedding_exclude_overlap": True,
+            "segmentation_batch_size": 32,
+        }},
+        "params": {"clustering": clustering, "segmentation": {"min_duration_off": min_duration_off}},
+    }
+    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return out
+
+
+def build_offline_pipeline(out: Path) -> Path:
+    """The offline default: Silero segmentation + Resemblyzer embeddings in pyannote's SpeakerDiarization."""
+    return write_pipeline(out, SileroSegmentation(duration=2.0), ResemblyzerEmbedding(),
+                          clustering={"method": "centroid", "min_cluster_size": 12, "threshold": 0.45},
+                          min_duration_off=0.3)

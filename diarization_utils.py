@@ -1,0 +1,114 @@
+"""Speaker diarization: prepare the decoded audio for pyannote, diarize, merge turns with the transcript."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Iterable
+
+import numpy as np
+import torch
+
+from config import redact
+
+if TYPE_CHECKING:
+    from config import InferenceConfig
+    from speech_pipeline import Segment, Word
+
+logger = logging.getLogger(__name__)
+SAMPLE_RATE = 16000
+Turn = tuple[float, float, str]  # start, end, speaker label
+
+
+def load_diarizer(name: str, token: str | None, device: torch.device) -> Any:
+    """Load a pyannote pipeline from a hub id or a local directory / config.yaml; fail fast with advice."""
+    import diarization_models  # noqa: F401  (turns pyannote telemetry off; offline checkpoints name its classes)
+    from pyannote.audio import Pipeline
+
+    try:
+        pipeline = Pipeline.from_pretrained(name, token=token)
+    except Exception as error:
+        raise RuntimeError(f"could not load DIARIZATION_MODEL {name!r}: {redact(str(error), token)}") from None
+    if pipeline is None:  # pyannote returns None for gated or missing models instead of raising
+        raise RuntimeError(f"could not load DIARIZATION_MODEL {name!r}: accept its conditions on the hub and set "
+                           "HF_TOKEN to a token that can read it, or point it at a local pipeline directory")
+    return pipeline.to(device)
+
+
+def diarize(pipeline: Any, audio: np.ndarray, config: InferenceConfig) -> list[Turn]:
+    """Speaker turns (seconds of the original audio) for 16 kHz mono audio the handler already decoded."""
+    hints = {k: v for k, v in (("num_speakers", config.num_speakers), ("min_speakers", config.min_speakers),
+                               ("max_speakers", config.max_speakers)) if v is not None}
+    output = pipeline({"waveform": torch.from_numpy(audio)[None, :], "sample_rate": SAMPLE_RATE}, **hints)
+    annotation = getattr(output, "speaker_diarization", output)  # pyannote 4 wraps the Annotation
+    turns = [(round(seg.start, 3), round(seg.end, 3), str(label))
+             for seg, _, label in annotation.itertracks(yield_label=True)]
+    return sorted(turns)
+
+
+def assign_speakers(turns: list[Turn], spans: Iterable[tuple[float, float]]) -> list[str | None]:
+    """For each (start, end) span, the speaker whose turns overlap it most, else the nearest turn's speaker.
+
+    A sweep over spans and turns sorted by start: O((n + m) log(n + m) + n * k) with k the number of turns
+    active at once, instead of whisperX's n * m comparison. None only when there are no turns at all.
+    """
+    spans = list(spans)
+    if not turns:
+        return [None] * len(spans)
+    turns = sorted(turns)
+    order = sorted(range(len(spans)), key=lambda i: spans[i][0])
+    result: list[str | None] = [None] * len(spans)
+    active: list[Turn] = []
+    nxt = 0
+    last_ended: Turn | None = None  # the turn that ended latest before the current span
+    for i in order:
+        start, end = spans[i]
+        while nxt < len(turns) and turns[nxt][0] < max(end, start + 1e-9):
+            active.append(turns[nxt])
+            nxt += 1
+        still = []
+        for turn in active:
+            if turn[1] <= start:
+                if last_ended is None or turn[1] > last_ended[1]:
+                    last_ended = turn
+            else:
+                still.append(turn)
+        active = still
+        overlap: dict[str, float] = {}
+        for t_start, t_end, speaker in active:
+            overlap[speaker] = overlap.get(speaker, 0.0) + max(0.0, min(end, t_end) - max(start, t_start))
+        if overlap and max(overlap.values()) > 0:
+            result[i] = max(overlap, key=overlap.get)
+            continue
+        candidates = [(start - last_ended[1], last_ended[2])] if last_ended else []
+        candidates += [(t_start - end, speaker) for t_start, _, speaker in active]  # zero-length overlaps
+        if nxt < len(turns):
+            candidates.append((turns[nxt][0] - end, turns[nxt][2]))
+        result[i] = min(candidates)[1]
+    return result
+
+
+def merge_speakers(turns: list[Turn], segments: list[Segment], by_word: bool = False) -> list[Segment]:
+    """Speaker-attributed segments: consecutive ASR segments (or words) of one speaker joined into one.
+
+    At word level each word gets its own speaker, so an ASR segment is split where the speaker changes.
+    The concatenated texts always equal the concatenated ASR segment texts.
+    """
+    from speech_pipeline import Segment
+
+    units: list[tuple[float, float, str, list[Word]]]
+    if by_word and all(s.words for s in segments):
+        units = [(w.start, w.end, w.text, [w]) for s in segments for w in s.words]
+    else:
+        units = [(s.start, s.end, s.text, s.words) for s in segments]
+    speakers = assign_speakers(turns, [(u[0], u[1]) for u in units])
+    merged: list[Segment] = []
+    for (start, end, text, words), speaker in zip(units, speakers):
+        for word in words:
+            word.speaker = speaker
+        if merged and merged[-1].speaker == speaker:
+            last = merged[-1]
+            last.end, last.text = max(last.end, end), last.text + text
+            last.words.extend(words)
+        else:
+            merged.append(Segment(start, end, text, list(words), speaker))
+    return merged

@@ -1,0 +1,75 @@
+"""Merging speaker turns with ASR segments and words: hand-made cases and properties."""
+
+import time
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from diarization_utils import assign_speakers, merge_speakers
+from speech_pipeline import Segment, Word
+
+
+def seg(start, end, text, words=None):
+    return Segment(start, end, text, words or [])
+
+
+def test_segments_take_the_speaker_they_overlap_most():
+    turns = [(0.0, 4.0, "A"), (4.0, 9.0, "B")]
+    segments = [seg(0.0, 3.0, " one"), seg(3.0, 6.0, " two"), seg(6.5, 8.0, " three")]
+    merged = merge_speakers(turns, segments)
+    assert [(s.speaker, s.text, s.start, s.end) for s in merged] == [("A", " one", 0.0, 3.0),
+                                                                    ("B", " two three", 3.0, 8.0)]
+
+
+def test_chunks_after_the_last_turn_and_in_gaps_get_the_nearest_speaker():
+    turns = [(1.0, 2.0, "A"), (5.0, 6.0, "B")]
+    assert assign_speakers(turns, [(0.0, 0.5), (2.2, 2.4), (4.5, 4.8), (9.0, 10.0)]) == ["A", "A", "B", "B"]
+
+
+def test_no_turns_gives_null_speakers_and_no_crash():
+    merged = merge_speakers([], [seg(0.0, 1.0, " hi"), seg(1.0, 2.0, " there")])
+    assert [(s.speaker, s.text) for s in merged] == [(None, " hi there")]
+    assert merge_speakers([(0.0, 1.0, "A")], []) == []
+
+
+def test_words_split_a_segment_where_the_speaker_changes():
+    words = [Word(0.0, 0.5, " hello"), Word(0.5, 1.0, " there."), Word(1.2, 1.6, " hi"), Word(1.6, 2.0, " back.")]
+    segments = [seg(0.0, 2.0, "".join(w.text for w in words), words)]
+    merged = merge_speakers([(0.0, 1.1, "A"), (1.1, 2.0, "B")], segments, by_word=True)
+    assert [(s.speaker, s.text) for s in merged] == [("A", " hello there."), ("B", " hi back.")]
+    assert [w.speaker for w in words] == ["A", "A", "B", "B"]
+
+
+times = st.floats(0, 100, allow_nan=False)
+turns_strategy = st.lists(st.tuples(times, st.floats(0.01, 20), st.sampled_from(["S0", "S1", "S2"])), max_size=30)
+spans_strategy = st.lists(st.tuples(times, st.floats(0, 5), st.text(min_size=1, max_size=5)), max_size=40)
+
+
+@given(turns_strategy, spans_strategy, st.booleans())
+def test_merge_properties(raw_turns, raw_spans, by_word):
+    turns = [(s, s + d, k) for s, d, k in raw_turns]
+    spans = sorted((s, s + d, t) for s, d, t in raw_spans)
+    if by_word:
+        segments = [seg(s, e, t, [Word(s, e, t)]) for s, e, t in spans]
+    else:
+        segments = [seg(s, e, t) for s, e, t in spans]
+    merged = merge_speakers(turns, segments, by_word=by_word)
+    assert "".join(m.text for m in merged) == "".join(t for _, _, t in spans)  # order and text preserved
+    labels = {k for _, _, k in turns}
+    for m in merged:
+        assert (m.speaker in labels) if turns else m.speaker is None  # exactly one label, or documented null
+        assert m.start <= m.end
+    starts = [m.start for m in merged]
+    assert starts == sorted(starts)
+    for a, b in zip(merged, merged[1:]):
+        assert a.speaker != b.speaker  # consecutive pieces of one speaker are joined
+
+
+def test_assignment_stays_near_linear_on_a_long_meeting():
+    turns = [(i * 3.0, i * 3.0 + 3.0, f"S{i % 4}") for i in range(20000)]  # 16.7 hours of turns
+    words = [(i * 0.3, i * 0.3 + 0.25) for i in range(200000)]
+    started = time.perf_counter()
+    labels = assign_speakers(turns, words)
+    elapsed = time.perf_counter() - started
+    assert labels[0] == "S0" and labels[10] == "S1" and labels[-1] == turns[-1][2]
+    assert elapsed < 10, f"{elapsed:.1f} s for 200k words: not near-linear"
