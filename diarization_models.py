@@ -36,9 +36,9 @@ class SileroSegmentation(Model):
     def __init__(self, sample_rate: int = SAMPLE_RATE, num_channels: int = 1, task=None, duration: float = 2.0):
         super().__init__(sample_rate=sample_rate, num_channels=num_channels, task=task)
         self.save_hyperparameters("duration")
-        from silero_vad import load_silero_vad
+        from vad import load_vad_model
 
-        object.__setattr__(self, "_vad", load_silero_vad())  # TorchScript, outside the state dict
+        object.__setattr__(self, "_vad", load_vad_model())  # TorchScript, outside the state dict
         self.specifications = Specifications(
             problem=Problem.MONO_LABEL_CLASSIFICATION, resolution=Resolution.FRAME, duration=duration,
             classes=["speaker#1"], powerset_max_classes=1, permutation_invariant=True)

@@ -15,13 +15,21 @@ SAMPLE_RATE = 16000
 Window = tuple[float, float]
 
 
+def load_vad_model() -> torch.jit.ScriptModule:
+    """Silero's TorchScript model; importing silero_vad sets torch to one thread, which halves Whisper's speed."""
+    threads = torch.get_num_threads()
+    from silero_vad import load_silero_vad
+
+    model = load_silero_vad()
+    torch.set_num_threads(threads)
+    return model
+
+
 class SpeechDetector:
     """Silero VAD (MIT, shipped inside the `silero-vad` wheel): speech regions in seconds."""
 
     def __init__(self) -> None:
-        from silero_vad import load_silero_vad
-
-        self._model = load_silero_vad()
+        self._model = load_vad_model()
         self._lock = threading.Lock()  # the model carries recurrent state between calls
 
     def regions(self, audio: np.ndarray, max_region_s: float) -> list[Window]:
