@@ -101,6 +101,9 @@ def merge_speakers(turns: list[Turn], segments: list[Segment], by_word: bool = F
     else:
         units = [(s.start, s.end, s.text, s.words) for s in segments]
     speakers = assign_speakers(turns, [(u[0], u[1]) for u in units])
+    if not by_word or len(units) == len(segments):
+        for segment, speaker in zip(segments, speakers):
+            segment.speaker = speaker
     merged: list[Segment] = []
     for (start, end, text, words), speaker in zip(units, speakers):
         for word in words:
@@ -111,4 +114,10 @@ def merge_speakers(turns: list[Turn], segments: list[Segment], by_word: bool = F
             last.words.extend(words)
         else:
             merged.append(Segment(start, end, text, list(words), speaker))
+    if by_word and len(units) != len(segments):
+        for segment in segments:  # a sentence spoken by two people is labelled with the one who said most of it
+            talk: dict[str | None, float] = {}
+            for word in segment.words:
+                talk[word.speaker] = talk.get(word.speaker, 0.0) + word.end - word.start
+            segment.speaker = max(talk, key=talk.get) if talk else None
     return merged

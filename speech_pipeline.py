@@ -179,6 +179,11 @@ class SpeechPipeline:
 
     def run(self, data: Any) -> dict[str, Any]:
         """Serve one request: {"inputs": base64 or bytes, "parameters": {...}} -> response dict."""
+        transcript, config = self.transcribe_request(data)
+        return transcript.to_response(words=config.return_timestamps == "word")
+
+    def transcribe_request(self, data: Any) -> tuple[Transcript, InferenceConfig]:
+        """Validate the parameters, decode the audio once and transcribe it; raises RequestError on bad input."""
         if isinstance(data, (bytes, bytearray, memoryview)):
             data = {"inputs": data}
         if not isinstance(data, dict):
@@ -186,7 +191,7 @@ class SpeechPipeline:
         config = InferenceConfig.parse(data.get("parameters"))
         audio = decode_audio(payload_bytes(data.get("inputs")), config.audio_format, config.sampling_rate,
                              self.settings.max_audio_seconds)
-        return self.transcribe(audio, config).to_response(words=config.return_timestamps == "word")
+        return self.transcribe(audio, config), config
 
     def transcribe(self, audio: np.ndarray, config: InferenceConfig) -> Transcript:
         """Transcribe 16 kHz mono float32 audio (and diarize it when a diarization model is loaded)."""

@@ -73,3 +73,13 @@ def test_assignment_stays_near_linear_on_a_long_meeting():
     elapsed = time.perf_counter() - started
     assert labels[0] == "S0" and labels[10] == "S1" and labels[-1] == turns[-1][2]
     assert elapsed < 10, f"{elapsed:.1f} s for 200k words: not near-linear"
+
+
+def test_asr_segments_get_their_speaker_too():
+    words = [Word(0.0, 0.5, " a"), Word(0.5, 2.0, " b."), Word(2.0, 2.2, " c")]
+    segments = [seg(0.0, 2.2, " a b. c", words)]
+    merge_speakers([(0.0, 0.4, "A"), (0.4, 3.0, "B")], segments, by_word=True)
+    assert segments[0].speaker == "B"  # said most of it
+    plain = [seg(0.0, 1.0, " x"), seg(5.0, 6.0, " y")]
+    merge_speakers([(0.0, 1.0, "A"), (5.0, 6.0, "B")], plain)
+    assert [s.speaker for s in plain] == ["A", "B"]
