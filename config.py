@@ -49,6 +49,7 @@ class ModelSettings(BaseSettings):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", description="auto: fp16 on GPU, fp32 on CPU")
     max_audio_seconds: float = Field(4 * 3600, gt=0, description="longer audio is refused with 413")
+    batch_wait_ms: float = Field(20, ge=0, le=1000, description="how long concurrent requests wait to share a batch")
 
     @field_validator("assistant_model", "diarization_model", mode="before")
     @classmethod
@@ -75,7 +76,9 @@ class InferenceConfig(BaseModel):
 
     task: Literal["transcribe", "translate"] = "transcribe"
     batch_size: int | None = Field(None, ge=1, le=256, description="windows per forward pass; default 24, 1 when assisted")
-    assisted: bool = Field(False, description="speculative decoding with the assistant model")
+    assisted: bool | Literal["auto"] = Field(
+        False, description="speculative decoding with the assistant model; auto: only where it is measured to win"
+    )
     chunk_length_s: float = Field(30.0, gt=0, le=30.0, description="longest window fed to Whisper, seconds")
     sampling_rate: int = Field(16000, ge=1000, le=384000, description="rate of headerless raw PCM input only")
     audio_format: Literal["auto", "pcm_s16le", "pcm_f32le"] = Field(
@@ -109,15 +112,15 @@ class InferenceConfig(BaseModel):
             or (self.max_speakers and self.num_speakers > self.max_speakers)
         ):
             raise ValueError("num_speakers is outside [min_speakers, max_speakers]")
-        if self.assisted and self.batch_size not in (None, 1):
+        if self.assisted is True and self.batch_size not in (None, 1):
             raise ValueError("assisted decoding works on one window at a time: use batch_size 1 or leave it unset")
-        if self.assisted and self.num_beams != 1:
+        if self.assisted is True and self.num_beams != 1:
             raise ValueError("assisted decoding is greedy: num_beams must be 1")
         return self
 
     @property
     def effective_batch_size(self) -> int:
-        return self.batch_size or (1 if self.assisted else 24)
+        return self.batch_size or (1 if self.assisted is True else 24)
 
     @classmethod
     def parse(cls, parameters: Any) -> "InferenceConfig":
@@ -133,6 +136,6 @@ class InferenceConfig(BaseModel):
             return cls.model_validate(parameters)
         except ValidationError as error:
             first = error.errors()[0]
-            field = ".".join(str(part) for part in first["loc"]) or "parameters"
+            field = str(first["loc"][0]) if first["loc"] else "parameters"  # a union adds its branch to the path
             message = first["msg"].removeprefix("Value error, ")
             raise RequestError(f"invalid parameter {field}: {message}", status=422, field=field) from None

@@ -15,6 +15,7 @@ import torch
 from audio import SAMPLE_RATE, decode_audio, payload_bytes
 from config import (DEFAULT_ASR_MODEL, DEFAULT_ASSISTANT_MODEL, DEFAULT_DIARIZATION_MODEL, PROJECT_DIR, InferenceConfig,
                     ModelSettings, RequestError, redact)
+from batching import WindowBatcher
 from vad import SpeechDetector, group_windows
 
 logger = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ class SpeechPipeline:
             self.diarizer = load_diarizer(diarization_model, token, self.device)
         self._lock = threading.Lock()  # one forward pass at a time: transformers models are not re-entrant
         self._diarization_lock = threading.Lock()  # pyannote pipelines keep state between calls too
+        self._batcher = WindowBatcher(self._forward, wait_s=self.settings.batch_wait_ms / 1000)
         logger.info("loaded %s on %s/%s in %.1f s (assistant: %s, diarization: %s)", asr_model, self.device,
                     self.dtype, time.perf_counter() - started, bool(self.assistant_kwargs), bool(self.diarizer))
 
@@ -150,7 +152,7 @@ class SpeechPipeline:
         # different vocabularies (e.g. whisper-base + tiny.en): universal assisted generation re-tokenizes drafts
         return {"assistant_model": model, "tokenizer": self.asr.tokenizer, "assistant_tokenizer": tokenizer}
 
-    def generate_kwargs(self, config: InferenceConfig) -> dict[str, Any]:
+    def generate_kwargs(self, config: InferenceConfig, assisted: bool = False) -> dict[str, Any]:
         """Decoding options for one request; English-only checkpoints get no task/language tokens."""
         kwargs: dict[str, Any] = {"num_beams": config.num_beams}
         if self.multilingual:
@@ -163,11 +165,19 @@ class SpeechPipeline:
             if config.language and config.language not in ("en", "english"):
                 raise RequestError(f"this model is English-only: language {config.language!r} is not available",
                                    422, "language")
-        if config.assisted:
-            if not self.assistant_kwargs:
-                raise RequestError("assisted decoding asked for, but no ASSISTANT_MODEL is loaded", 400, "assisted")
+        if config.assisted is True and not self.assistant_kwargs:
+            raise RequestError("assisted decoding asked for, but no ASSISTANT_MODEL is loaded", 400, "assisted")
+        if assisted:
             kwargs.update(self.assistant_kwargs)
         return kwargs
+
+    def use_assistant(self, config: InferenceConfig, windows: int) -> bool:
+        """`assisted: auto` drafts only where it was measured to win: a GPU, one short window, batch of one
+        (docs/benchmarks.md: on this project's 2-core CPU, drafting with tiny.en doubled whisper-base's time)."""
+        if config.assisted != "auto":
+            return bool(config.assisted)
+        return (bool(self.assistant_kwargs) and self.device.type == "cuda" and windows == 1
+                and config.batch_size in (None, 1) and config.num_beams == 1)
 
     def _language_code(self, language: str) -> str:
         from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
@@ -195,11 +205,13 @@ class SpeechPipeline:
 
     def transcribe(self, audio: np.ndarray, config: InferenceConfig) -> Transcript:
         """Transcribe 16 kHz mono float32 audio (and diarize it when a diarization model is loaded)."""
-        generate_kwargs = self.generate_kwargs(config)
+        self.generate_kwargs(config)  # refuse bad options before the VAD runs
         duration = len(audio) / SAMPLE_RATE
         regions = self.detector.regions(audio, config.chunk_length_s) if config.vad else [(0.0, duration)]
         windows = group_windows(regions, config.chunk_length_s, duration)
-        segments = self._transcribe_windows(audio, windows, config, generate_kwargs)
+        assisted = self.use_assistant(config, len(windows))
+        generate_kwargs = self.generate_kwargs(config, assisted)
+        segments = self._transcribe_windows(audio, windows, config, generate_kwargs, assisted)
         text = "".join(segment.text for segment in segments).strip()
         transcript = Transcript(text=text, segments=segments, duration=duration,
                                 language=generate_kwargs.get("language") or (None if self.multilingual else "en"))
@@ -211,16 +223,23 @@ class SpeechPipeline:
             transcript.speakers = merge_speakers(turns, segments, by_word=config.return_timestamps == "word")
         return transcript
 
+    def _forward(self, inputs: list[dict[str, Any]], batch_size: int, options: dict[str, Any]) -> list[dict]:
+        with self._lock, torch.inference_mode():
+            return self.asr(inputs, batch_size=batch_size, **options)
+
     def _transcribe_windows(self, audio: np.ndarray, windows: list[tuple[float, float]], config: InferenceConfig,
-                            generate_kwargs: dict[str, Any]) -> list[Segment]:
+                            generate_kwargs: dict[str, Any], assisted: bool) -> list[Segment]:
         if not windows:
             return []
         inputs = [{"raw": audio[int(s * SAMPLE_RATE):int(e * SAMPLE_RATE)], "sampling_rate": SAMPLE_RATE}
                   for s, e in windows]
         word_level = config.return_timestamps == "word"
-        with self._lock, torch.inference_mode():
-            outputs = self.asr(inputs, batch_size=config.effective_batch_size,
-                               return_timestamps="word" if word_level else True, generate_kwargs=generate_kwargs)
+        options = {"return_timestamps": "word" if word_level else True, "generate_kwargs": generate_kwargs}
+        if assisted:  # drafts decode one sequence at a time
+            outputs = self._forward(inputs, 1, options)
+        else:
+            key = (tuple(sorted(generate_kwargs.items())), word_level)
+            outputs = self._batcher.submit(key, inputs, config.effective_batch_size, options)
         segments: list[Segment] = []
         for (start, end), output in zip(windows, outputs):
             chunks = [(_clock(c["timestamp"][0], start, start, end), _clock(c["timestamp"][1], end, start, end),

@@ -1,6 +1,7 @@
 """The handler on tiny random Whisper checkpoints, loaded by path through the hub-id code path."""
 
 import numpy as np
+import torch
 import pytest
 from conftest import b64, encode, make_pipeline, tone
 
@@ -130,3 +131,43 @@ def test_missing_model_fails_fast_without_leaking_the_token(tmp_path):
     with pytest.raises(RuntimeError, match="could not load ASR_MODEL") as caught:
         make_pipeline(tmp_path / "no-such-model", hf_token="hf_topsecret123")
     assert "hf_topsecret123" not in str(caught.value)
+
+
+def test_concurrent_requests_share_forward_passes_with_identical_results(tiny_models):
+    from concurrent.futures import ThreadPoolExecutor
+
+    pipe = make_pipeline(tiny_models["main"], batch_wait_ms=300)
+    requests = [{"inputs": encode(tone(2.0 + i, freq=180.0 + 90 * i), 16000, "wav", "pcm_s16le"),
+                 "parameters": {"vad": False}} for i in range(4)]
+    sequential = [pipe.run(request) for request in requests]
+    calls, forward = [], pipe.asr
+    pipe.asr = lambda inputs, **kwargs: (calls.append(len(inputs)), forward(inputs, **kwargs))[1]
+    with ThreadPoolExecutor(4) as pool:
+        concurrent = list(pool.map(pipe.run, requests))
+    assert concurrent == sequential
+    assert len(calls) < len(requests) and max(calls) > 1  # windows of several requests in one pass
+
+
+def test_a_failing_batch_fails_its_requests_and_the_next_one_succeeds(tiny_models, speechlike):
+    pipe = make_pipeline(tiny_models["main"])
+    forward = pipe.asr
+    pipe.asr = lambda inputs, **kwargs: (_ for _ in ()).throw(RuntimeError("out of memory"))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        pipe.run({"inputs": speechlike, "parameters": {"vad": False}})
+    pipe.asr = forward
+    assert pipe.run({"inputs": speechlike, "parameters": {"vad": False}})["chunks"]
+
+
+def test_assisted_auto_drafts_only_where_it_wins(tiny_models):
+    from config import InferenceConfig
+
+    pipe = make_pipeline(tiny_models["main"], tiny_models["draft"])
+    auto = InferenceConfig.parse({"assisted": "auto"})
+    assert auto.effective_batch_size == 24 and InferenceConfig.parse({"assisted": "auto", "batch_size": 8})
+    assert not pipe.use_assistant(auto, windows=1)  # a CPU: drafting was measured slower
+    pipe.device = torch.device("cuda")  # the policy only; nothing runs on it here
+    assert pipe.use_assistant(auto, windows=1)
+    assert not pipe.use_assistant(auto, windows=3)
+    assert not pipe.use_assistant(InferenceConfig.parse({"assisted": "auto", "batch_size": 8}), windows=1)
+    assert pipe.use_assistant(InferenceConfig.parse({"assisted": True}), windows=3)
+    assert not make_pipeline(tiny_models["main"]).use_assistant(auto, windows=1)  # nothing to draft with

@@ -1,0 +1,78 @@
+"""Dynamic batching: speech windows of requests that arrive together share one forward pass.
+
+On a CPU the decoder's small matrix products leave most of the hardware idle for one sequence; eight
+windows decoded together cost little more than one. Requests whose decoding options differ never mix.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable
+
+Forward = Callable[[list[Any], int, dict[str, Any]], list[Any]]
+
+
+@dataclass
+class _Job:
+    key: Hashable
+    inputs: list[Any]
+    batch_size: int
+    options: dict[str, Any]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: list[Any] | None = None
+    error: BaseException | None = None
+
+
+class WindowBatcher:
+    """Collects jobs for `wait_s` after the first arrives, then runs compatible ones in one `forward` call."""
+
+    def __init__(self, forward: Forward, wait_s: float = 0.02, max_windows: int = 32):
+        self._forward, self._wait_s, self._max_windows = forward, wait_s, max_windows
+        self._queue: list[_Job] = []
+        self._ready = threading.Condition()
+        threading.Thread(target=self._serve, name="window-batcher", daemon=True).start()
+
+    def submit(self, key: Hashable, inputs: list[Any], batch_size: int, options: dict[str, Any]) -> list[Any]:
+        """Blocks until the job's outputs (one per input, in order) are ready; re-raises the forward's error."""
+        job = _Job(key, inputs, batch_size, options)
+        with self._ready:
+            self._queue.append(job)
+            self._ready.notify()
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _take(self) -> list[_Job]:
+        with self._ready:
+            while not self._queue:
+                self._ready.wait()
+        time.sleep(self._wait_s)  # let requests that arrive together join the batch
+        with self._ready:
+            first = self._queue[0]
+            limit = max(len(first.inputs), min(first.batch_size * 4, self._max_windows))
+            taken, total = [], 0
+            for job in self._queue:
+                if job.key == first.key and (not taken or total + len(job.inputs) <= limit):
+                    taken.append(job)
+                    total += len(job.inputs)
+            for job in taken:
+                self._queue.remove(job)
+        return taken
+
+    def _serve(self) -> None:
+        while True:
+            jobs = self._take()
+            try:
+                outputs = self._forward([x for job in jobs for x in job.inputs], jobs[0].batch_size, jobs[0].options)
+                start = 0
+                for job in jobs:
+                    job.result, start = outputs[start:start + len(job.inputs)], start + len(job.inputs)
+            except BaseException as error:  # every waiting request hears about it; the thread keeps serving
+                for job in jobs:
+                    job.error = error
+            finally:
+                for job in jobs:
+                    job.done.set()

@@ -1,0 +1,66 @@
+"""Dynamic batching, measured: N concurrent short requests against the same N one after another, in-process.
+
+    python -m scripts.bench_concurrency [--requests 8] [--seconds 8] [--out docs/bench_concurrency.json]
+
+Prints both wall times, their ratio (sequential / concurrent: the aggregate speed-up) and whether every
+transcript is identical. Uses the offline default ASR model (or ASR_MODEL); diarization is off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from audio import SAMPLE_RATE, decode_audio  # noqa: E402
+from config import ModelSettings  # noqa: E402
+from speech_pipeline import SpeechPipeline  # noqa: E402
+
+SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "sample.flac"
+
+
+def clips(count: int, seconds: float) -> list[np.ndarray]:
+    """`count` different clips of `seconds` each, cut from the sample at different offsets (looped)."""
+    speech = decode_audio(SAMPLE.read_bytes())
+    looped = np.tile(speech, int(np.ceil((seconds + count) * SAMPLE_RATE / len(speech))) + 1)
+    size = int(seconds * SAMPLE_RATE)
+    return [looped[i * SAMPLE_RATE // 2:i * SAMPLE_RATE // 2 + size] for i in range(count)]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    pipeline = SpeechPipeline(ModelSettings(assistant_model="", diarization_model=""))
+    from config import InferenceConfig
+
+    config = InferenceConfig.parse({"language": "en", "diarization": False})
+    audio = clips(args.requests, args.seconds)
+    pipeline.transcribe(audio[0], config)  # warm-up
+    started = time.perf_counter()
+    sequential = [pipeline.transcribe(clip, config).text for clip in audio]
+    sequential_s = time.perf_counter() - started
+    started = time.perf_counter()
+    with ThreadPoolExecutor(args.requests) as pool:
+        concurrent = [t.text for t in pool.map(lambda clip: pipeline.transcribe(clip, config), audio)]
+    concurrent_s = time.perf_counter() - started
+    report = {"requests": args.requests, "seconds_each": args.seconds, "sequential_s": round(sequential_s, 2),
+              "concurrent_s": round(concurrent_s, 2), "speedup": round(sequential_s / concurrent_s, 2),
+              "identical_transcripts": sequential == concurrent}
+    print(json.dumps(report, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()
