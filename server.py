@@ -47,7 +47,8 @@ class ServerSettings(BaseSettings):
 
     api_key: SecretStr | None = Field(None, description="when set, inference routes need `Authorization: Bearer <key>`")
     max_upload_bytes: int = Field(200 * 2**20, ge=1, description="a larger request body is refused with 413")
-    max_concurrent_requests: int = Field(1, ge=1, le=64, description="transcriptions running at once")
+    max_concurrent_requests: int = Field(
+        8, ge=1, le=64, description="requests in the pipeline at once; their windows share forward passes")
     max_queued_requests: int = Field(8, ge=0, description="requests waiting for a worker; more get 503")
     request_timeout_s: float = Field(900.0, gt=0, description="upload + queue wait + transcription; then 504")
     retry_after_s: int = Field(5, ge=1, description="Retry-After header of 503 answers")
