@@ -1,0 +1,142 @@
+"""Send an audio file to the endpoint (or the local server) and print the transcript.
+
+    python -m scripts.client samples/sample.flac                          # local server, plain text
+    python -m scripts.client talk.mp3 --url https://xyz.endpoints.huggingface.cloud --format srt
+    python -m scripts.client talk.mp3 --url URL --via hf --parameters '{"language": "en"}'
+
+The request is the JSON contract {"inputs": <base64 audio>, "parameters": {...}}. A token is sent as
+`Authorization: Bearer` when HF_TOKEN (or API_KEY) is set in the environment. --via requests posts it with
+`requests`; --via hf goes through huggingface_hub.InferenceClient(model=URL).automatic_speech_recognition.
+--format srt/vtt builds subtitles from the response's `speakers` (with speaker labels) or else its `chunks`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_URL = "http://127.0.0.1:8000/predict"  # the local server's route; an Inference Endpoint takes its root URL
+
+
+def bearer_token() -> str | None:
+    """The caller's token from the environment (HF_TOKEN for Inference Endpoints, API_KEY for a self-hosted one)."""
+    return os.environ.get("HF_TOKEN") or os.environ.get("API_KEY") or None
+
+
+def auth_headers() -> dict[str, str]:
+    token = bearer_token()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def request_body(audio: bytes, parameters: dict[str, Any]) -> dict[str, Any]:
+    return {"inputs": base64.b64encode(audio).decode(), "parameters": parameters}
+
+
+def transcribe_requests(audio: bytes, url: str, parameters: dict[str, Any], timeout: float) -> dict[str, Any]:
+    import requests
+
+    response = requests.post(url, json=request_body(audio, parameters), headers=auth_headers(), timeout=timeout)
+    if response.status_code >= 400:
+        raise RuntimeError(f"HTTP {response.status_code}: {response.text[:1000]}")
+    return response.json()
+
+
+def transcribe_hf(audio: bytes, url: str, parameters: dict[str, Any], timeout: float) -> dict[str, Any]:
+    from huggingface_hub import InferenceClient
+
+    client = InferenceClient(model=url, token=bearer_token(), timeout=timeout)
+    # InferenceClient posts raw audio when there are no parameters; a non-empty extra_body keeps the JSON
+    # contract, which every server of this repo accepts (return_timestamps "segment" is the default anyway)
+    output = client.automatic_speech_recognition(audio, extra_body=parameters or {"return_timestamps": "segment"})
+    return json.loads(json.dumps(output, default=dict))  # the output is a dict subclass holding extra fields too
+
+
+def _clock(seconds: float, separator: str) -> str:
+    millis = int(round(max(seconds, 0.0) * 1000))
+    hours, rest = divmod(millis, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    return f"{hours:02d}:{minutes:02d}:{rest // 1000:02d}{separator}{rest % 1000:03d}"
+
+
+def cues(response: dict[str, Any]) -> list[tuple[float, float, str]]:
+    """(start, end, text) per subtitle from the response JSON: speaker segments when diarized, else the chunks.
+
+    The server renders subtitles with formats.py from a Transcript; a client only has the JSON (and importing
+    formats would pull in torch), so this is the minimal conversion, with the same "[SPEAKER] text" labels.
+    """
+    items = response.get("speakers") or response.get("chunks") or []
+    out = []
+    for index, item in enumerate(items):
+        start, end = (list(item.get("timestamp") or []) + [None, None])[:2]
+        start = float(start or 0.0)
+        if end is None:  # an open last chunk runs to the next one, or to the end of the audio
+            following = items[index + 1]["timestamp"][0] if index + 1 < len(items) else response.get("duration")
+            end = following if following is not None else start
+        text = " ".join(str(item.get("text") or "").replace("-->", "->").split())  # a blank line would end the cue
+        if text:
+            out.append((start, float(end), f"[{item['speaker']}] {text}" if item.get("speaker") else text))
+    return out
+
+
+def to_srt(response: dict[str, Any]) -> str:
+    return "\n".join(f"{n}\n{_clock(start, ',')} --> {_clock(end, ',')}\n{text}\n"
+                     for n, (start, end, text) in enumerate(cues(response), 1))
+
+
+def to_vtt(response: dict[str, Any]) -> str:
+    escaped = [(start, end, text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
+               for start, end, text in cues(response)]
+    return "\n".join(["WEBVTT\n"] + [f"{_clock(start, '.')} --> {_clock(end, '.')}\n{text}\n"
+                                      for start, end, text in escaped])
+
+
+def render(response: dict[str, Any], output_format: str) -> str:
+    if output_format == "json":
+        return json.dumps(response, indent=2, ensure_ascii=False)
+    if output_format == "srt":
+        return to_srt(response)
+    if output_format == "vtt":
+        return to_vtt(response)
+    return response.get("text", "")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m scripts.client", description=__doc__, allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("file", type=Path, help="audio file (wav, flac, mp3, ogg, m4a, ...)")
+    parser.add_argument("--url", default=DEFAULT_URL, help=f"endpoint URL (default: {DEFAULT_URL})")
+    parser.add_argument("--via", choices=["requests", "hf"], default="requests", help="HTTP client to use")
+    parser.add_argument("--parameters", default="{}", help="request parameters as a JSON object")
+    parser.add_argument("--format", choices=["text", "json", "srt", "vtt"], default="text", dest="output_format")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the response")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        parameters = json.loads(args.parameters)
+    except json.JSONDecodeError as error:
+        parser.error(f"--parameters is not JSON: {error}")
+    if not isinstance(parameters, dict):
+        parser.error("--parameters must be a JSON object")
+    if not args.file.is_file():
+        parser.error(f"no such file: {args.file}")
+    send = transcribe_hf if args.via == "hf" else transcribe_requests
+    try:
+        response = send(args.file.read_bytes(), args.url, parameters, args.timeout)
+    except Exception as error:  # network and HTTP errors alike: one line, no traceback, exit 1
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    print(render(response, args.output_format))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""scripts/client.py against a canned contract server on 127.0.0.1 (loopback only), through both HTTP clients."""
+
+import base64
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from conftest import SAMPLE
+
+from scripts import client
+
+RESPONSE = {
+    "text": "Hello and welcome. This is a test.",
+    "chunks": [{"timestamp": [0.0, 1.52], "text": " Hello and welcome."},
+               {"timestamp": [1.52, None], "text": " This is a test."}],
+    "speakers": [{"speaker": "SPEAKER_00", "timestamp": [0.0, 1.52], "text": " Hello and welcome."},
+                 {"speaker": "SPEAKER_01", "timestamp": [1.52, 3725.25], "text": " This is a test."}],
+    "language": "en",
+    "duration": 3.2,
+}
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A tiny HTTP server answering the JSON contract: POST /predict -> RESPONSE, anything else -> 400."""
+    seen: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            seen.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
+                         "body": body})
+            status, answer = (200, RESPONSE) if self.path == "/predict" else (400, {"error": "inputs is missing"})
+            data = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", seen
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def no_tokens(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("API_KEY", raising=False)
+    # conftest sets HF_HUB_OFFLINE, which blocks InferenceClient too; here its only target is the loopback server
+    monkeypatch.setattr(huggingface_hub.constants, "is_offline_mode", lambda: False)
+
+
+@pytest.mark.parametrize("via", ["requests", "hf"])
+def test_sends_the_json_contract_and_prints_the_text(server, capsys, monkeypatch, via):
+    url, seen = server
+    monkeypatch.setenv("HF_TOKEN", "hf_clienttesttoken")
+    seen.clear()
+    code = client.main([str(SAMPLE), "--url", f"{url}/predict", "--via", via, "--parameters", '{"language": "en"}'])
+    assert code == 0
+    assert capsys.readouterr().out.strip() == RESPONSE["text"]
+    (request,) = seen
+    body = json.loads(request["body"])
+    assert base64.b64decode(body["inputs"]) == SAMPLE.read_bytes()
+    assert body["parameters"] == {"language": "en"}
+    assert request["headers"]["authorization"] == "Bearer hf_clienttesttoken"
+    assert request["headers"]["content-type"].startswith("application/json")
+
+
+@pytest.mark.parametrize("via", ["requests", "hf"])
+def test_without_parameters_the_body_is_still_the_json_contract(server, capsys, via):
+    url, seen = server
+    seen.clear()
+    assert client.main([str(SAMPLE), "--url", f"{url}/predict", "--via", via]) == 0
+    body = json.loads(seen[0]["body"])
+    assert base64.b64decode(body["inputs"]) == SAMPLE.read_bytes() and isinstance(body["parameters"], dict)
+    assert "authorization" not in seen[0]["headers"]  # no token in the environment: none is sent
+
+
+def test_api_key_is_the_fallback_token(server, capsys, monkeypatch):
+    url, seen = server
+    monkeypatch.setenv("API_KEY", "local-key")
+    seen.clear()
+    assert client.main([str(SAMPLE), "--url", f"{url}/predict"]) == 0
+    assert seen[0]["headers"]["authorization"] == "Bearer local-key"
+
+
+@pytest.mark.parametrize("via", ["requests", "hf"])
+def test_srt_and_vtt_carry_speaker_labels(server, capsys, via):
+    url, _ = server
+    assert client.main([str(SAMPLE), "--url", f"{url}/predict", "--via", via, "--format", "srt"]) == 0
+    assert capsys.readouterr().out == (
+        "1\n00:00:00,000 --> 00:00:01,520\n[SPEAKER_00] Hello and welcome.\n\n"
+        "2\n00:00:01,520 --> 01:02:05,250\n[SPEAKER_01] This is a test.\n\n")
+    assert client.main([str(SAMPLE), "--url", f"{url}/predict", "--via", via, "--format", "vtt"]) == 0
+    assert capsys.readouterr().out == (
+        "WEBVTT\n\n00:00:00.000 --> 00:00:01.520\n[SPEAKER_00] Hello and welcome.\n\n"
+        "00:00:01.520 --> 01:02:05.250\n[SPEAKER_01] This is a test.\n\n")
+
+
+def test_json_output_keeps_every_field_through_both_clients(server, capsys):
+    url, _ = server
+    for via in ("requests", "hf"):
+        assert client.main([str(SAMPLE), "--url", f"{url}/predict", "--via", via, "--format", "json"]) == 0
+        assert json.loads(capsys.readouterr().out) == RESPONSE
+
+
+def test_without_speakers_subtitles_come_from_the_chunks():
+    response = {**RESPONSE, "speakers": []}
+    assert client.to_srt(response) == (
+        "1\n00:00:00,000 --> 00:00:01,520\nHello and welcome.\n\n"
+        "2\n00:00:01,520 --> 00:00:03,200\nThis is a test.\n")  # an open end runs to the end of the audio
+    assert client.to_vtt({"text": "", "chunks": [], "speakers": []}) == "WEBVTT\n"
+    odd = {"chunks": [{"timestamp": [0.0, 1.0], "text": " a <b> &\n\n c --> d"}]}
+    assert client.to_vtt(odd) == "WEBVTT\n\n00:00:00.000 --> 00:00:01.000\na &lt;b&gt; &amp; c -&gt; d\n"
+
+
+@pytest.mark.parametrize("via", ["requests", "hf"])
+def test_http_errors_exit_1_with_the_message(server, capsys, via):
+    url, _ = server
+    assert client.main([str(SAMPLE), "--url", f"{url}/wrong", "--via", via]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "inputs is missing" in captured.err  # the server's own message
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--parameters", "{nope"], "not JSON"),
+    (["--parameters", "[1]"], "JSON object"),
+    (["--via", "curl"], "invalid choice"),
+    (["--format", "txt"], "invalid choice"),
+])
+def test_bad_arguments(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        client.main([str(SAMPLE), *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_missing_file(capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        client.main([str(tmp_path / "none.wav")])
+    assert "no such file" in capsys.readouterr().err
