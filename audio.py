@@ -105,4 +105,5 @@ def _decode_pcm(data: bytes, audio_format: str, sampling_rate: int) -> np.ndarra
     frame.sample_rate = sampling_rate
     resampler = _resampler()
     pieces = [out.to_ndarray()[0] for out in resampler.resample(frame) + resampler.resample(None)]
-    return np.concatenate(pieces).astype(np.float32, copy=False)
+    # a few samples can resample to nothing: decode_audio then answers "audio is empty"
+    return np.concatenate(pieces).astype(np.float32, copy=False) if pieces else np.zeros(0, np.float32)

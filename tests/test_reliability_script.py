@@ -1,0 +1,28 @@
+"""scripts/reliability.py end to end with tiny sizes: a real Uvicorn server on 127.0.0.1, the report's fields."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_reliability_script_reports_no_crash_and_no_5xx(tmp_path):
+    out = tmp_path / "report.json"
+    run = subprocess.run([sys.executable, "scripts/reliability.py", "--fuzz", "30", "--load", "8", "--concurrency", "4",
+                          "--burst", "4", "--seed", "1", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    fuzz, load = report["fuzz"], report["load"]
+    assert fuzz["requests"] == 30 and sum(fuzz["statuses"].values()) == 30
+    assert fuzz["crashes"] == 0 and fuzz["5xx"] == 0 and fuzz["4xx_without_message"] == 0, fuzz["examples"]
+    assert load["requests"] == 8 and load["errors"] == 0
+    assert 0 < load["p50_s"] <= load["p95_s"] and load["rss_after_warmup_mib"] > 0
+    assert isinstance(load["rss_growth_pct"], float)
+    assert report["overload"]["503"] >= 1 and report["overload"]["ok"], report["overload"]
+    assert report["graceful_shutdown"]["completed"], report["graceful_shutdown"]
+    assert "RSS growth %" in run.stdout and "graceful shutdown" in run.stdout
