@@ -56,4 +56,5 @@ def group_windows(regions: list[Window], max_window_s: float, duration: float) -
             start += max_window_s
         if end > start:
             windows.append([start, end])
-    return [(round(s, 3), round(e, 3)) for s, e in windows]
+    rounded = [(round(s, 3), round(e, 3)) for s, e in windows]
+    return [(s, e) for s, e in rounded if e > s]  # a split's leftover under a millisecond is no window

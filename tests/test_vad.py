@@ -16,6 +16,10 @@ def test_speech_is_found_and_silence_is_not():
     assert detector.regions(np.zeros(16000 * 5, np.float32), 30) == []
 
 
+def test_a_leftover_under_a_millisecond_is_dropped():
+    assert group_windows([(0.0, 1.00001)], 1.0, 600.0) == [(0.0, 1.0)]
+
+
 regions_strategy = st.lists(st.tuples(st.floats(0, 500), st.floats(0.05, 70)), max_size=40).map(
     lambda pairs: sorted((s, s + d) for s, d in pairs))
 
