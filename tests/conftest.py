@@ -20,6 +20,13 @@ SAMPLE_TEXT = ("Hello and welcome. This is a short recording made to test speech
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 
+from hypothesis import settings as hypothesis_settings  # noqa: E402
+
+# CI replays the same examples every run (a red CI must be reproducible); locally hypothesis keeps exploring.
+hypothesis_settings.register_profile("ci", derandomize=True, deadline=None)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
+
 
 def _tiny_whisper(source: Path, out: Path, seed: int) -> Path:
     """A 2-layer random Whisper with `source`'s vocabulary, tokenizer and generation config."""
