@@ -152,7 +152,7 @@ class SpeechPipeline:
         # different vocabularies (e.g. whisper-base + tiny.en): universal assisted generation re-tokenizes drafts
         return {"assistant_model": model, "tokenizer": self.asr.tokenizer, "assistant_tokenizer": tokenizer}
 
-    def generate_kwargs(self, config: InferenceConfig, assisted: bool = False) -> dict[str, Any]:
+    def generate_kwargs(self, config: InferenceConfig) -> dict[str, Any]:
         """Decoding options for one request; English-only checkpoints get no task/language tokens."""
         kwargs: dict[str, Any] = {"num_beams": config.num_beams}
         if self.multilingual:
@@ -167,8 +167,6 @@ class SpeechPipeline:
                                    422, "language")
         if config.assisted is True and not self.assistant_kwargs:
             raise RequestError("assisted decoding asked for, but no ASSISTANT_MODEL is loaded", 400, "assisted")
-        if assisted:
-            kwargs.update(self.assistant_kwargs)
         return kwargs
 
     def use_assistant(self, config: InferenceConfig, windows: int) -> bool:
@@ -205,12 +203,13 @@ class SpeechPipeline:
 
     def transcribe(self, audio: np.ndarray, config: InferenceConfig) -> Transcript:
         """Transcribe 16 kHz mono float32 audio (and diarize it when a diarization model is loaded)."""
-        self.generate_kwargs(config)  # refuse bad options before the VAD runs
+        generate_kwargs = self.generate_kwargs(config)  # refuses bad options before the VAD runs
         duration = len(audio) / SAMPLE_RATE
         regions = self.detector.regions(audio, config.chunk_length_s) if config.vad else [(0.0, duration)]
         windows = group_windows(regions, config.chunk_length_s, duration)
         assisted = self.use_assistant(config, len(windows))
-        generate_kwargs = self.generate_kwargs(config, assisted)
+        if assisted:
+            generate_kwargs = {**generate_kwargs, **self.assistant_kwargs}
         segments = self._transcribe_windows(audio, windows, config, generate_kwargs, assisted)
         text = "".join(segment.text for segment in segments).strip()
         transcript = Transcript(text=text, segments=segments, duration=duration,
