@@ -80,7 +80,6 @@ class SpeechPipeline:
     """Loads the models once; `run(data)` serves one request of the Inference Endpoints contract."""
 
     def __init__(self, settings: ModelSettings | None = None, base_dir: str | Path | None = None):
-        from transformers import pipeline
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.set_verbosity_error()  # per-request generation notices would flood service logs
@@ -91,10 +90,7 @@ class SpeechPipeline:
         asr_model = self._resolve_required(self.settings.asr_model, DEFAULT_ASR_MODEL, base)
         started = time.perf_counter()
         try:
-            self.asr = pipeline(
-                "automatic-speech-recognition", model=asr_model, dtype=self.dtype, device=self.device, token=token,
-                model_kwargs={"attn_implementation": "sdpa"},
-            )
+            self.asr = self._load_asr(asr_model, token)
         except Exception as error:  # a start-up failure must say which model, never echo the token
             raise RuntimeError(f"could not load ASR_MODEL {asr_model!r}: {redact(str(error), token)}") from None
         generation = self.asr.model.generation_config
@@ -113,6 +109,19 @@ class SpeechPipeline:
         self._batcher = WindowBatcher(self._forward, wait_s=self.settings.batch_wait_ms / 1000)
         logger.info("loaded %s on %s/%s in %.1f s (assistant: %s, diarization: %s)", asr_model, self.device,
                     self.dtype, time.perf_counter() - started, bool(self.assistant_kwargs), bool(self.diarizer))
+
+    def _load_asr(self, name: str, token: str | None) -> Any:
+        from transformers import AutoConfig, AutoFeatureExtractor, AutoTokenizer, pipeline
+
+        from whisper_model import FastWhisper
+
+        model_type = AutoConfig.from_pretrained(name, token=token).model_type
+        if model_type != "whisper":
+            raise ValueError(f"it is a {model_type!r} model; this service runs Whisper checkpoints")
+        model = FastWhisper.from_pretrained(name, dtype=self.dtype, token=token, attn_implementation="sdpa")
+        return pipeline("automatic-speech-recognition", model=model.eval(), device=self.device,
+                        tokenizer=AutoTokenizer.from_pretrained(name, token=token),
+                        feature_extractor=AutoFeatureExtractor.from_pretrained(name, token=token))
 
     def _resolve_required(self, name: str, default: str, base: Path) -> str:
         resolved = self.settings.resolve(name, base)

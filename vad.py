@@ -7,6 +7,8 @@ at most 30 s, is the guard faster-whisper's batched mode and whisperX use too.
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -25,6 +27,21 @@ def load_vad_model() -> torch.jit.ScriptModule:
     return model
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one thread in the calling thread (OpenMP's count is per thread), for models of many tiny ops.
+
+    Once the ASR thread has its own OpenMP team, there are more OpenMP threads than cores and libgomp stops
+    spinning between parallel regions: every tiny op then waits for a woken thread (Silero: 1 s -> 4 s a minute).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class SpeechDetector:
     """Silero VAD (MIT, shipped inside the `silero-vad` wheel): speech regions in seconds."""
 
@@ -35,7 +52,7 @@ class SpeechDetector:
     def regions(self, audio: np.ndarray, max_region_s: float) -> list[Window]:
         from silero_vad import get_speech_timestamps
 
-        with self._lock, torch.inference_mode():
+        with self._lock, torch.inference_mode(), one_thread():
             found = get_speech_timestamps(
                 torch.from_numpy(audio), self._model, sampling_rate=SAMPLE_RATE,
                 max_speech_duration_s=max_region_s, speech_pad_ms=200, min_silence_duration_ms=300,

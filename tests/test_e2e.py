@@ -74,3 +74,23 @@ def test_no_hallucinated_repetition_on_a_real_phone_call(real):
     out = real.run({"inputs": (sample / "sample.wav").read_bytes(), "parameters": {"language": "en"}})
     assert wer(reference, out["text"]) < 0.2, out["text"]
     assert out["text"].count("originally from Chicago") <= 2  # said twice in the call, no more
+
+
+def test_fast_whisper_gives_the_stock_models_outputs(real, sample_bytes):
+    """whisper_model.FastWhisper (one encoder pass, LogitsHead) against transformers' own class, same weights:
+    a batch of two windows with the language detected, and word timestamps."""
+    import torch
+    from transformers import WhisperForConditionalGeneration, pipeline
+
+    stock_model = WhisperForConditionalGeneration.from_pretrained(MODELS / "whisper-base", dtype=torch.float32,
+                                                                  attn_implementation="sdpa")
+    stock = pipeline("automatic-speech-recognition", model=stock_model.eval(), tokenizer=real.asr.tokenizer,
+                     feature_extractor=real.asr.feature_extractor, device="cpu")
+    audio = decode_audio(sample_bytes)
+    for clips, timestamps in (((audio, audio[:16000 * 6]), True), ((audio,), "word")):
+        options = {"batch_size": 8, "return_timestamps": timestamps, "generate_kwargs": {"task": "transcribe"}}
+        outputs = []
+        for asr in (real.asr, stock):  # the pipeline consumes its input dicts
+            with torch.inference_mode():
+                outputs.append(asr([{"raw": clip, "sampling_rate": 16000} for clip in clips], **options))
+        assert outputs[0] == outputs[1] and outputs[0][0]["text"]

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from conftest import SAMPLE
 from hypothesis import given
 from hypothesis import strategies as st
@@ -36,3 +37,16 @@ def test_windows_cover_speech_without_overlap_and_respect_the_limit(regions, lim
         mid = min((start + end) / 2, duration)
         if mid < duration:
             assert any(ws - 1e-3 <= mid <= we + 1e-3 for ws, we in windows)
+
+
+def test_one_thread_runs_on_one_thread_and_restores_the_count_even_on_error():
+    import torch
+
+    from vad import one_thread
+
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError):
+        with one_thread():
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("model failed")
+    assert torch.get_num_threads() == before

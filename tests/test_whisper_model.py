@@ -1,0 +1,35 @@
+"""whisper_model: the fast model class computes what transformers' Whisper computes."""
+
+import torch
+from conftest import make_pipeline
+
+from whisper_model import FastWhisper, LogitsHead
+
+
+def test_logits_head_equals_the_linear_layer_for_every_shape():
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(1000, 64))
+    head = LogitsHead(weight)
+    for shape in ((1, 1, 64), (3, 1, 64), (2, 4, 64), (5, 64)):
+        hidden = torch.randn(shape)
+        out = head(hidden)
+        assert out.shape == (*shape[:-1], 1000)
+        torch.testing.assert_close(out, torch.nn.functional.linear(hidden, weight), rtol=1e-5, atol=1e-4)
+
+
+def test_the_pipeline_runs_fast_whisper_with_tied_logits(tiny_models):
+    model = make_pipeline(tiny_models["main"]).asr.model
+    assert isinstance(model, FastWhisper) and isinstance(model.proj_out, LogitsHead)
+    assert model.proj_out.weight is model.model.decoder.embed_tokens.weight  # no second copy of the vocabulary
+
+
+def test_generate_encodes_the_batch_once(tiny_models):
+    model = make_pipeline(tiny_models["main"]).asr.model
+    calls = []
+    hook = model.get_encoder().register_forward_hook(lambda *args: calls.append(1))
+    try:
+        with torch.inference_mode():
+            model.generate(torch.randn(2, 80, 3000), task="transcribe")  # language detection included
+    finally:
+        hook.remove()
+    assert len(calls) == 1
