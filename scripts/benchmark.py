@@ -242,11 +242,28 @@ def faster_whisper_model_dir(out: Path) -> Path:
     return out
 
 
+def _faster_whisper_worker(connection: Any, compute_type: str, threads: int, options: dict[str, Any]) -> None:
+    """faster-whisper in a process of its own: two engines' thread pools in one process slow each other down."""
+    from faster_whisper import WhisperModel
+
+    with tempfile.TemporaryDirectory(prefix="ct2-whisper-base-") as tmp:
+        model = WhisperModel(str(faster_whisper_model_dir(Path(tmp))), device="cpu", compute_type=compute_type,
+                             cpu_threads=threads, local_files_only=True)
+        connection.send("ready")
+        while (audio := connection.recv()) is not None:
+            started, started_cpu = time.perf_counter(), time.process_time()
+            segments, _ = model.transcribe(audio, **options)
+            text = "".join(segment.text for segment in segments).strip()
+            connection.send((text, time.perf_counter() - started, time.process_time() - started_cpu))
+
+
 def compare_faster_whisper(pipeline: Any, clips: dict[str, np.ndarray], parameters: dict[str, Any],
                            compute_type: str = "float32", repeats: int = 1, warmup: int = 1) -> dict[str, Any]:
-    """Time our pipeline and faster-whisper on the same audio arrays (decoding excluded from both), greedy."""
+    """Time our pipeline (this process) and faster-whisper (a child process) on the same audio arrays, decoding
+    excluded from both, greedy, the same number of CPU threads each, interleaved."""
+    import multiprocessing
+
     import torch
-    from faster_whisper import WhisperModel
 
     # faster-whisper neither drafts nor diarizes: the comparison is plain ASR on both sides
     config = InferenceConfig.parse({**{k: v for k, v in parameters.items() if k != "assisted"}, "diarization": False})
@@ -257,19 +274,25 @@ def compare_faster_whisper(pipeline: Any, clips: dict[str, np.ndarray], paramete
     threads = torch.get_num_threads()  # both engines get the same CPU threads
     results: dict[str, Any] = {"compute_type": compute_type, "same_weights": same_weights, "repeats": repeats,
                                "threads": threads, "clips": {}}
-    with tempfile.TemporaryDirectory(prefix="ct2-whisper-base-") as tmp:
-        model = WhisperModel(str(faster_whisper_model_dir(Path(tmp))), device="cpu", compute_type=compute_type,
-                             cpu_threads=threads, local_files_only=True)
+    # greedy, no temperature fallback and no conditioning on earlier windows: what our pipeline does
+    options = {"language": config.language, "task": config.task, "beam_size": 1, "temperature": 0.0,
+               "condition_on_previous_text": False, "vad_filter": config.vad}
+    ours_end, theirs_end = multiprocessing.get_context("spawn").Pipe()
+    worker = multiprocessing.get_context("spawn").Process(
+        target=_faster_whisper_worker, args=(theirs_end, compute_type, threads, options), daemon=True)
+    worker.start()
+    try:
+        if ours_end.recv() != "ready":
+            raise RuntimeError("the faster-whisper worker did not start")
 
-        def ours(audio: np.ndarray) -> str:
-            return pipeline.transcribe(audio, config).text
+        def ours(audio: np.ndarray) -> tuple[str, float, float]:
+            started, started_cpu = time.perf_counter(), time.process_time()
+            text = pipeline.transcribe(audio, config).text
+            return text, time.perf_counter() - started, time.process_time() - started_cpu
 
-        def theirs(audio: np.ndarray) -> str:
-            # greedy, no temperature fallback and no conditioning on earlier windows: what our pipeline does
-            segments, _ = model.transcribe(audio, language=config.language, task=config.task, beam_size=1,
-                                           temperature=0.0, condition_on_previous_text=False,
-                                           vad_filter=config.vad)
-            return "".join(segment.text for segment in segments).strip()
+        def theirs(audio: np.ndarray) -> tuple[str, float, float]:
+            ours_end.send(audio)
+            return ours_end.recv()
 
         engines = {"ours": ours, "faster_whisper": theirs}
         for index, (name, audio) in enumerate(clips.items()):
@@ -282,10 +305,9 @@ def compare_faster_whisper(pipeline: Any, clips: dict[str, np.ndarray], paramete
             texts: dict[str, str] = {}
             for _ in range(repeats):  # interleaved, so load from other processes hits both engines alike
                 for label, transcribe in engines.items():
-                    started, started_cpu = time.perf_counter(), time.process_time()
-                    texts[label] = transcribe(audio)
-                    wall[label].append(time.perf_counter() - started)
-                    cpu[label].append(time.process_time() - started_cpu)  # CPU time: less sensitive to contention
+                    texts[label], elapsed, cpu_seconds = transcribe(audio)
+                    wall[label].append(elapsed)
+                    cpu[label].append(cpu_seconds)  # CPU time: less sensitive to contention
             row: dict[str, Any] = {"audio_seconds": seconds}
             for label in engines:
                 median = statistics.median(wall[label])
@@ -299,6 +321,11 @@ def compare_faster_whisper(pipeline: Any, clips: dict[str, np.ndarray], paramete
                   f"{row['faster_whisper']['seconds']:.2f} s, ratio {row['time_ratio']:.2f} (CPU time "
                   f"{row['cpu_time_ratio']:.2f}), WER between them {row['wer_ours_vs_faster_whisper']:.3f}",
                   flush=True)
+    finally:
+        ours_end.send(None)
+        worker.join(timeout=30)
+        if worker.is_alive():
+            worker.kill()
     return results
 
 
