@@ -7,7 +7,8 @@ to detect the language, and the decoder spends half its time in the vocabulary p
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -31,11 +32,14 @@ class LogitsHead(nn.Module):
 
 
 class FastWhisper(WhisperForConditionalGeneration):
-    """Whisper that encodes each batch once and projects logits with `LogitsHead`."""
+    """Whisper that encodes a batch once per `generate()` and projects logits with `LogitsHead`."""
 
     def __init__(self, config: Any):
         super().__init__(config)
         self.proj_out = LogitsHead(self.proj_out.weight)
+        self._encoded: list[tuple[torch.Tensor, Any]] | None = None  # this generate() call's encoder results
+        encoder = self.get_encoder()
+        encoder.forward = self._encode_once(encoder.forward)
 
     def get_output_embeddings(self) -> nn.Module:
         return self.proj_out
@@ -43,11 +47,29 @@ class FastWhisper(WhisperForConditionalGeneration):
     def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
         self.proj_out = LogitsHead(new_embeddings.weight)
 
+    def _encode_once(self, forward: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(forward)  # generate() inspects the encoder's signature
+        def encode(input_features: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            # language detection encodes the batch, then generate() encodes the same features again
+            # (word timestamps ask for encoder attentions, which generate() only passes through: cached output has none)
+            cacheable = self._encoded is not None and not args and not kwargs.get("output_hidden_states")
+            if cacheable:
+                for features, output in self._encoded:
+                    if features.shape == input_features.shape and torch.equal(features, input_features):
+                        return output
+            output = forward(input_features, *args, **kwargs)
+            if cacheable:
+                self._encoded.append((input_features, output))
+            return output
+
+        return encode
+
     def generate(self, input_features: torch.Tensor | None = None, **kwargs: Any) -> Any:
-        # language detection would encode the batch a second time: hand generate() the encoder output instead;
-        # long-form input (over 30 s) and drafting (the assistant encodes from the features) keep the stock path
-        if (input_features is not None and kwargs.get("encoder_outputs") is None and "assistant_model" not in kwargs
-                and input_features.shape[-1] <= 2 * self.config.max_source_positions):
-            kwargs["encoder_outputs"] = self.get_encoder()(input_features)
-            return super().generate(**kwargs)
-        return super().generate(input_features, **kwargs)
+        self._encoded = []
+        attention = self.config._attn_implementation
+        try:
+            return super().generate(input_features, **kwargs)
+        finally:
+            self._encoded = None  # the pipeline holds one model for all threads; they take turns (a lock)
+            # word timestamps switch the shared config to eager attention for good: later requests keep SDPA
+            self.config._attn_implementation = attention

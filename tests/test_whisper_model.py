@@ -26,10 +26,28 @@ def test_the_pipeline_runs_fast_whisper_with_tied_logits(tiny_models):
 def test_generate_encodes_the_batch_once(tiny_models):
     model = make_pipeline(tiny_models["main"]).asr.model
     calls = []
-    hook = model.get_encoder().register_forward_hook(lambda *args: calls.append(1))
+    hook = model.get_encoder().conv1.register_forward_hook(lambda *args: calls.append(1))
     try:
         with torch.inference_mode():
             model.generate(torch.randn(2, 80, 3000), task="transcribe")  # language detection included
     finally:
         hook.remove()
     assert len(calls) == 1
+
+
+def test_generate_equals_the_stock_class_also_when_a_window_is_decoded_twice(tiny_models):
+    """Random weights rarely stop before max_length, so generate() seeks into the window and decodes a second
+    pass over new features: the cache must not answer that one. Word timestamps leave SDPA attention on."""
+    from transformers import WhisperForConditionalGeneration
+
+    fast = FastWhisper.from_pretrained(tiny_models["main"], attn_implementation="sdpa").eval()
+    stock = WhisperForConditionalGeneration.from_pretrained(tiny_models["main"], attn_implementation="sdpa").eval()
+    torch.manual_seed(0)
+    features = torch.randn(2, 80, 3000)
+    for options in ({"return_timestamps": True}, {"return_timestamps": True, "return_token_timestamps": True}):
+        with torch.inference_mode():
+            ours, theirs = fast.generate(features, task="transcribe", **options), \
+                stock.generate(features, task="transcribe", **options)
+        ours, theirs = (out["sequences"] if isinstance(out, dict) else out for out in (ours, theirs))
+        assert torch.equal(ours, theirs)
+    assert fast.config._attn_implementation == "sdpa" and stock.config._attn_implementation == "eager"
