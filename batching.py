@@ -11,7 +11,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
-Forward = Callable[[list[Any], int, dict[str, Any]], list[Any]]
+from config import Cancelled
+
+# forward(inputs, batch_size, options, stop): `stop()` turns true once every request in the batch was cancelled
+Forward = Callable[[list[Any], int, dict[str, Any], Callable[[], bool]], list[Any]]
 
 
 @dataclass
@@ -20,6 +23,7 @@ class _Job:
     inputs: list[Any]
     batch_size: int
     options: dict[str, Any]
+    cancel: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
     result: list[Any] | None = None
     error: BaseException | None = None
@@ -34,9 +38,11 @@ class WindowBatcher:
         self._ready = threading.Condition()
         threading.Thread(target=self._serve, name="window-batcher", daemon=True).start()
 
-    def submit(self, key: Hashable, inputs: list[Any], batch_size: int, options: dict[str, Any]) -> list[Any]:
-        """Blocks until the job's outputs (one per input, in order) are ready; re-raises the forward's error."""
-        job = _Job(key, inputs, batch_size, options)
+    def submit(self, key: Hashable, inputs: list[Any], batch_size: int, options: dict[str, Any],
+               cancel: threading.Event | None = None) -> list[Any]:
+        """Blocks until the job's outputs (one per input, in order) are ready; re-raises the forward's error.
+        Once `cancel` is set the job leaves the queue, or its batch stops early if no other job needs it."""
+        job = _Job(key, inputs, batch_size, options, cancel or threading.Event())
         with self._ready:
             self._queue.append(job)
             self._ready.notify()
@@ -51,6 +57,12 @@ class WindowBatcher:
                 self._ready.wait()
         time.sleep(self._wait_s)  # let requests that arrive together join the batch
         with self._ready:
+            for job in [job for job in self._queue if job.cancel.is_set()]:  # given up while waiting: no work
+                self._queue.remove(job)
+                job.error = Cancelled()
+                job.done.set()
+            if not self._queue:
+                return []
             first = self._queue[0]
             limit = max(len(first.inputs), min(first.batch_size * 4, self._max_windows))
             taken, total = [], 0
@@ -65,11 +77,16 @@ class WindowBatcher:
     def _serve(self) -> None:
         while True:
             jobs = self._take()
+            if not jobs:
+                continue
             try:
-                outputs = self._forward([x for job in jobs for x in job.inputs], jobs[0].batch_size, jobs[0].options)
+                outputs = self._forward([x for job in jobs for x in job.inputs], jobs[0].batch_size, jobs[0].options,
+                                        lambda: all(job.cancel.is_set() for job in jobs))
                 start = 0
                 for job in jobs:
                     job.result, start = outputs[start:start + len(job.inputs)], start + len(job.inputs)
+                    if job.cancel.is_set():  # the batch may have stopped early: its output is not the transcript
+                        job.error = Cancelled()
             except BaseException as error:  # every waiting request hears about it; the thread keeps serving
                 for job in jobs:
                     job.error = error

@@ -28,6 +28,10 @@ class RequestError(ValueError):
         return {"error": self.message, "field": self.field} if self.field else {"error": self.message}
 
 
+class Cancelled(Exception):
+    """The request was given up (its timeout passed): work on it stops at the next check, nobody awaits the result."""
+
+
 def redact(text: str, secret: str | None) -> str:
     """Remove a secret from text headed for logs or clients (library errors can echo tokens)."""
     return text.replace(secret, "***") if secret else text

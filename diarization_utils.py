@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import torch
 
-from config import redact
+from config import Cancelled, redact
 from vad import one_thread
 
 if TYPE_CHECKING:
@@ -35,12 +36,20 @@ def load_diarizer(name: str, token: str | None, device: torch.device) -> Any:
     return pipeline.to(device)
 
 
-def diarize(pipeline: Any, audio: np.ndarray, config: InferenceConfig) -> list[Turn]:
-    """Speaker turns (seconds of the original audio) for 16 kHz mono audio the handler already decoded."""
+def diarize(pipeline: Any, audio: np.ndarray, config: InferenceConfig,
+            cancel: threading.Event | None = None) -> list[Turn]:
+    """Speaker turns (seconds of the original audio) for 16 kHz mono audio the handler already decoded;
+    raises `Cancelled` at pyannote's next progress step once `cancel` is set."""
+
+    def hook(*args: Any, **kwargs: Any) -> None:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+
     hints = {k: v for k, v in (("num_speakers", config.num_speakers), ("min_speakers", config.min_speakers),
                                ("max_speakers", config.max_speakers)) if v is not None}
     with one_thread():  # many small ops: on 2 threads beside the ASR thread's, 2.9 s became 8-10 s for 24 s of audio
-        output = pipeline({"waveform": torch.from_numpy(audio)[None, :], "sample_rate": SAMPLE_RATE}, **hints)
+        output = pipeline({"waveform": torch.from_numpy(audio)[None, :], "sample_rate": SAMPLE_RATE}, hook=hook,
+                          **hints)
     annotation = getattr(output, "speaker_diarization", output)  # pyannote 4 wraps the Annotation
     turns = [(round(seg.start, 3), round(seg.end, 3), str(label))
              for seg, _, label in annotation.itertracks(yield_label=True)]

@@ -30,7 +30,7 @@ from starlette.datastructures import Headers, UploadFile as StarletteUpload
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from config import InferenceConfig, ModelSettings, RequestError, redact
+from config import Cancelled, InferenceConfig, ModelSettings, RequestError, redact
 from formats import ResponseFormat, render
 from speech_pipeline import SpeechPipeline
 
@@ -83,8 +83,8 @@ class Ticket:
 class InferenceQueue:
     """FIFO worker threads off the event loop, and admission of at most workers + waiting requests at once.
 
-    A place is held from admission until the transcription thread ends: a timed-out transcription cannot be
-    interrupted, so it keeps its worker busy and its place counted until it finishes.
+    A place is held from admission until the transcription thread ends: a timed-out transcription stops at its
+    next check (between decoding steps, stages and diarization batches) and holds its place until then.
     """
 
     def __init__(self, workers: int, waiting: int):
@@ -155,13 +155,19 @@ class Service:
                                {} if self.failed else {"Retry-After": str(self.settings.retry_after_s)})
         return self.pipeline
 
-    async def run(self, request: Request, job: Callable[[], T]) -> T:
-        """Run `job` on a worker thread in the request's queue place; a model failure becomes a 500."""
+    async def run(self, request: Request, job: Callable[[threading.Event], T]) -> T:
+        """Run `job(cancel)` on a worker thread in the request's queue place; a model failure becomes a 500.
+        When the request ends first (timeout, disconnect), `cancel` is set and the transcription stops early."""
+        cancel = threading.Event()
 
         def guarded() -> T:
             started = time.perf_counter()
             try:
-                result = job()
+                result = job(cancel)
+            except Cancelled:
+                logger.info("%s %s given up after %.2f s: transcription stopped", request.method, request.url.path,
+                            time.perf_counter() - started)
+                raise
             except RequestError:
                 raise
             except Exception as error:  # the trace goes to the log only; the server keeps serving
@@ -170,7 +176,10 @@ class Service:
             logger.info("%s %s served in %.2f s", request.method, request.url.path, time.perf_counter() - started)
             return result
 
-        return await self.queue.run(request.state.ticket, guarded)
+        try:
+            return await self.queue.run(request.state.ticket, guarded)
+        finally:
+            cancel.set()  # a no-op once the job is done
 
 
 def _service(request: Request) -> Service:
@@ -307,7 +316,7 @@ async def predict(request: Request) -> JSONResponse:
     else:
         raise RequestError(f"unsupported Content-Type {media!r}: send application/json, audio/* or "
                            "multipart/form-data", 415, "Content-Type")
-    return JSONResponse(await _service(request).run(request, lambda: pipeline.run(data())))
+    return JSONResponse(await _service(request).run(request, lambda cancel: pipeline.run(data(), cancel)))
 
 
 def _json(text: str | bytes, what: str, field: str | None = None) -> Any:
@@ -384,8 +393,8 @@ async def _openai(request: Request, form: OpenAIRequest, task: str) -> Response:
                            "not turned off", field="response_format")
     data = await form.file.read()
 
-    def job() -> str | dict[str, Any]:
-        transcript, _ = pipeline.transcribe_request({"inputs": data, "parameters": config.model_dump()})
+    def job(cancel: threading.Event) -> str | dict[str, Any]:
+        transcript, _ = pipeline.transcribe_request({"inputs": data, "parameters": config.model_dump()}, cancel)
         return render(transcript, form.response_format, task, words)
 
     try:

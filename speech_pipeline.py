@@ -7,14 +7,14 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from audio import SAMPLE_RATE, decode_audio, payload_bytes
-from config import (DEFAULT_ASR_MODEL, DEFAULT_ASSISTANT_MODEL, DEFAULT_DIARIZATION_MODEL, PROJECT_DIR, InferenceConfig,
-                    ModelSettings, RequestError, redact)
+from config import (DEFAULT_ASR_MODEL, DEFAULT_ASSISTANT_MODEL, DEFAULT_DIARIZATION_MODEL, PROJECT_DIR, Cancelled,
+                    InferenceConfig, ModelSettings, RequestError, redact)
 from batching import WindowBatcher
 from vad import SpeechDetector, group_windows
 
@@ -194,12 +194,12 @@ class SpeechPipeline:
             raise RequestError(f"unknown language {language!r}: use a code such as 'en' or 'de'", 422, "language")
         return code
 
-    def run(self, data: Any) -> dict[str, Any]:
+    def run(self, data: Any, cancel: threading.Event | None = None) -> dict[str, Any]:
         """Serve one request: {"inputs": base64 or bytes, "parameters": {...}} -> response dict."""
-        transcript, config = self.transcribe_request(data)
+        transcript, config = self.transcribe_request(data, cancel)
         return transcript.to_response(words=config.return_timestamps == "word")
 
-    def transcribe_request(self, data: Any) -> tuple[Transcript, InferenceConfig]:
+    def transcribe_request(self, data: Any, cancel: threading.Event | None = None) -> tuple[Transcript, InferenceConfig]:
         """Validate the parameters, decode the audio once and transcribe it; raises RequestError on bad input."""
         if isinstance(data, (bytes, bytearray, memoryview)):
             data = {"inputs": data}
@@ -208,18 +208,22 @@ class SpeechPipeline:
         config = InferenceConfig.parse(data.get("parameters"))
         audio = decode_audio(payload_bytes(data.get("inputs")), config.audio_format, config.sampling_rate,
                              self.settings.max_audio_seconds)
-        return self.transcribe(audio, config), config
+        return self.transcribe(audio, config, cancel), config
 
-    def transcribe(self, audio: np.ndarray, config: InferenceConfig) -> Transcript:
-        """Transcribe 16 kHz mono float32 audio (and diarize it when a diarization model is loaded)."""
+    def transcribe(self, audio: np.ndarray, config: InferenceConfig, cancel: threading.Event | None = None) -> Transcript:
+        """Transcribe 16 kHz mono float32 audio (and diarize it when a diarization model is loaded).
+
+        Setting `cancel` (a request's timeout) stops the work at the next check and raises `Cancelled`."""
+        cancel = cancel or threading.Event()
         generate_kwargs = self.generate_kwargs(config)  # refuses bad options before the VAD runs
         duration = len(audio) / SAMPLE_RATE
         regions = self.detector.regions(audio, config.chunk_length_s) if config.vad else [(0.0, duration)]
         windows = group_windows(regions, config.chunk_length_s, duration)
+        _check(cancel)
         assisted = self.use_assistant(config, len(windows))
         if assisted:
             generate_kwargs = {**generate_kwargs, **self.assistant_kwargs}
-        segments = self._transcribe_windows(audio, windows, config, generate_kwargs, assisted)
+        segments = self._transcribe_windows(audio, windows, config, generate_kwargs, assisted, cancel)
         text = "".join(segment.text for segment in segments).strip()
         transcript = Transcript(text=text, segments=segments, duration=duration,
                                 language=generate_kwargs.get("language") or (None if self.multilingual else "en"))
@@ -227,16 +231,24 @@ class SpeechPipeline:
             from diarization_utils import diarize, merge_speakers
 
             with self._diarization_lock:
-                turns = diarize(self.diarizer, audio, config)
+                turns = diarize(self.diarizer, audio, config, cancel)
             transcript.speakers = merge_speakers(turns, segments, by_word=config.return_timestamps == "word")
         return transcript
 
-    def _forward(self, inputs: list[dict[str, Any]], batch_size: int, options: dict[str, Any]) -> list[dict]:
+    def _forward(self, inputs: list[dict[str, Any]], batch_size: int, options: dict[str, Any],
+                 stop: Callable[[], bool]) -> list[dict]:
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class StopWhen(StoppingCriteria):  # ends decoding of a batch whose every request was given up
+            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+                return torch.full((input_ids.shape[0],), stop(), dtype=torch.bool, device=input_ids.device)
+
+        generate_kwargs = {**options["generate_kwargs"], "stopping_criteria": StoppingCriteriaList([StopWhen()])}
         with self._lock, torch.inference_mode():
-            return self.asr(inputs, batch_size=batch_size, **options)
+            return self.asr(inputs, batch_size=batch_size, **{**options, "generate_kwargs": generate_kwargs})
 
     def _transcribe_windows(self, audio: np.ndarray, windows: list[tuple[float, float]], config: InferenceConfig,
-                            generate_kwargs: dict[str, Any], assisted: bool) -> list[Segment]:
+                            generate_kwargs: dict[str, Any], assisted: bool, cancel: threading.Event) -> list[Segment]:
         if not windows:
             return []
         inputs = [{"raw": audio[int(s * SAMPLE_RATE):int(e * SAMPLE_RATE)], "sampling_rate": SAMPLE_RATE}
@@ -244,10 +256,11 @@ class SpeechPipeline:
         word_level = config.return_timestamps == "word"
         options = {"return_timestamps": "word" if word_level else True, "generate_kwargs": generate_kwargs}
         if assisted:  # drafts decode one sequence at a time
-            outputs = self._forward(inputs, 1, options)
+            outputs = self._forward(inputs, 1, options, cancel.is_set)
+            _check(cancel)
         else:
             key = (tuple(sorted(generate_kwargs.items())), word_level)
-            outputs = self._batcher.submit(key, inputs, config.effective_batch_size, options)
+            outputs = self._batcher.submit(key, inputs, config.effective_batch_size, options, cancel)
         segments: list[Segment] = []
         for (start, end), output in zip(windows, outputs):
             chunks = [(_clock(c["timestamp"][0], start, start, end), _clock(c["timestamp"][1], end, start, end),
@@ -257,6 +270,11 @@ class SpeechPipeline:
             else:
                 segments.extend(Segment(s, e, t) for s, e, t in chunks)
         return segments
+
+
+def _check(cancel: threading.Event) -> None:
+    if cancel.is_set():
+        raise Cancelled()
 
 
 def _clock(offset: float | None, fallback: float, start: float, end: float) -> float:

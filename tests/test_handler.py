@@ -171,3 +171,57 @@ def test_assisted_auto_drafts_only_where_it_wins(tiny_models):
     assert not pipe.use_assistant(InferenceConfig.parse({"assisted": "auto", "batch_size": 8}), windows=1)
     assert pipe.use_assistant(InferenceConfig.parse({"assisted": True}), windows=3)
     assert not make_pipeline(tiny_models["main"]).use_assistant(auto, windows=1)  # nothing to draft with
+
+
+def _decoder_steps(pipe, on_step=None):
+    steps = []
+
+    def count(*args):
+        steps.append(1)
+        if on_step:
+            on_step(len(steps))
+
+    return steps, pipe.asr.model.model.decoder.register_forward_hook(count)
+
+
+@pytest.mark.parametrize("assisted", [False, True])
+def test_cancelling_stops_decoding_at_the_next_step(tiny_models, assisted):
+    import threading
+
+    from config import Cancelled
+
+    pipe = make_pipeline(tiny_models["main"], tiny_models["draft"])
+    request = {"inputs": encode(tone(6.0), 16000, "wav", "pcm_s16le"),
+               "parameters": {"vad": False, "assisted": assisted}}
+    steps, hook = _decoder_steps(pipe)
+    pipe.run(request)
+    full = len(steps)
+    hook.remove()
+    assert full > 8  # random weights decode to max_length: there is something to cut short
+
+    cancel = threading.Event()
+    steps, hook = _decoder_steps(pipe, lambda n: n == 3 and cancel.set())
+    try:
+        with pytest.raises(Cancelled):
+            pipe.run(request, cancel)
+    finally:
+        hook.remove()
+    assert len(steps) <= 5 < full
+    assert pipe.run(request)["chunks"]  # the next request is served in full
+
+
+def test_a_request_cancelled_before_it_runs_does_no_work(tiny_models):
+    import threading
+
+    from config import Cancelled
+
+    pipe = make_pipeline(tiny_models["main"])
+    cancel = threading.Event()
+    cancel.set()
+    steps, hook = _decoder_steps(pipe)
+    try:
+        with pytest.raises(Cancelled):
+            pipe.run({"inputs": encode(tone(3.0), 16000, "wav", "pcm_s16le"), "parameters": {"vad": False}}, cancel)
+    finally:
+        hook.remove()
+    assert steps == []
