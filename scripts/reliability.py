@@ -228,19 +228,24 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))] if ordered else float("nan")
 
 
-def load(server: Server, count: int, concurrency: int, body: bytes) -> dict:
+def load(server: Server, count: int, concurrency: int, body: bytes, rounds: int = 4) -> dict:
+    """`count` requests in `rounds` equal rounds, RSS read after each: growth that levels off is no leak."""
     asyncio.run(_burst(server.url, max(concurrency, 8), concurrency, body, "?vad=false"))  # warm-up
-    rss_before = rss_kib(server.process.pid)
+    rss = [rss_kib(server.process.pid)]
+    sizes = [count // rounds + (i < count % rounds) for i in range(rounds)]
+    results: list[tuple[int, float, dict]] = []
     started = time.perf_counter()
-    results = asyncio.run(_burst(server.url, count, concurrency, body, "?vad=false"))
+    for size in (size for size in sizes if size):
+        results += asyncio.run(_burst(server.url, size, concurrency, body, "?vad=false"))
+        rss.append(rss_kib(server.process.pid))
     elapsed = time.perf_counter() - started
-    rss_after = rss_kib(server.process.pid)
     latencies = [seconds for status, seconds, _ in results if status == 200]
     return {"requests": count, "concurrency": concurrency, "errors": sum(status != 200 for status, _, _ in results),
             "p50_s": round(percentile(latencies, 0.5), 3), "p95_s": round(percentile(latencies, 0.95), 3),
-            "throughput_rps": round(count / elapsed, 2), "rss_after_warmup_mib": round(rss_before / 1024, 1),
-            "rss_after_run_mib": round(rss_after / 1024, 1),
-            "rss_growth_pct": round(100 * (rss_after - rss_before) / rss_before, 1) if rss_before else None}
+            "throughput_rps": round(count / elapsed, 2), "rss_after_warmup_mib": round(rss[0] / 1024, 1),
+            "rss_after_run_mib": round(rss[-1] / 1024, 1), "rss_after_each_round_mib": [round(r / 1024, 1) for r in rss],
+            "rss_growth_pct": round(100 * (rss[-1] - rss[0]) / rss[0], 1) if rss[0] else None,
+            "rss_growth_second_half_pct": round(100 * (rss[-1] - rss[len(rss) // 2]) / rss[0], 1) if rss[0] else None}
 
 
 # --- (c) overload and (d) graceful shutdown ---------------------------------------------------------------------
@@ -330,6 +335,8 @@ def main(argv: list[str] | None = None) -> dict:
             (f"load: {loaded['requests']} @ {loaded['concurrency']}, errors", loaded["errors"]),
             ("p50 / p95 latency (s)", f"{loaded['p50_s']} / {loaded['p95_s']}"),
             ("RSS warm-up -> after (MiB)", f"{loaded['rss_after_warmup_mib']} -> {loaded['rss_after_run_mib']}"),
+            ("RSS after each round (MiB)", " -> ".join(map(str, loaded["rss_after_each_round_mib"]))),
+            ("RSS growth in the second half %", loaded["rss_growth_second_half_pct"]),
             ("RSS growth %", loaded["rss_growth_pct"]),
             ("overload 503 + Retry-After", "yes" if report["overload"]["ok"] else "no"),
             ("overload statuses", report["overload"]["statuses"]),
