@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 from transformers import WhisperForConditionalGeneration
+from transformers.generation.logits_process import SuppressTokensLogitsProcessor
 
 
 class LogitsHead(nn.Module):
@@ -29,6 +30,26 @@ class LogitsHead(nn.Module):
         if flat.shape[0] == 1:  # a vector: the kernels tie, and this keeps one code path for GPUs and CPUs alike
             return nn.functional.linear(hidden, self.weight)
         return (self.weight @ flat.T).T.reshape(*hidden.shape[:-1], -1)
+
+
+class CachedSuppressTokens(SuppressTokensLogitsProcessor):
+    """The same rule, its vocabulary mask built once: `torch.isin` over 51k tokens cost about 1 ms every step."""
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        mask = getattr(self, "_mask", None)
+        if mask is None or mask.shape[0] != scores.shape[-1] or mask.device != scores.device:
+            vocabulary = torch.arange(scores.shape[-1], device=scores.device)
+            mask = self._mask = torch.isin(vocabulary, self.suppress_tokens.to(scores.device))
+        return torch.where(mask, -float("inf"), scores)
+
+
+def _cached(processors: Any) -> Any:
+    for index, processor in enumerate(processors or []):
+        if type(processor) is SuppressTokensLogitsProcessor:
+            cached = CachedSuppressTokens.__new__(CachedSuppressTokens)
+            cached.__dict__.update(processor.__dict__)
+            processors[index] = cached
+    return processors
 
 
 class FastWhisper(WhisperForConditionalGeneration):
@@ -63,6 +84,12 @@ class FastWhisper(WhisperForConditionalGeneration):
             return output
 
         return encode
+
+    def _retrieve_logit_processors(self, *args: Any, **kwargs: Any) -> Any:
+        return _cached(super()._retrieve_logit_processors(*args, **kwargs))
+
+    def _get_logits_processor(self, *args: Any, **kwargs: Any) -> Any:
+        return _cached(super()._get_logits_processor(*args, **kwargs))
 
     def generate(self, input_features: torch.Tensor | None = None, **kwargs: Any) -> Any:
         self._encoded = []

@@ -51,3 +51,17 @@ def test_generate_equals_the_stock_class_also_when_a_window_is_decoded_twice(tin
         ours, theirs = (out["sequences"] if isinstance(out, dict) else out for out in (ours, theirs))
         assert torch.equal(ours, theirs)
     assert fast.config._attn_implementation == "sdpa" and stock.config._attn_implementation == "eager"
+
+
+def test_cached_suppress_tokens_equals_the_stock_processor_and_is_used():
+    from transformers.generation.logits_process import SuppressTokensLogitsProcessor
+
+    from whisper_model import CachedSuppressTokens, _cached
+
+    stock = SuppressTokensLogitsProcessor([1, 5, 999])
+    processors = _cached([stock])
+    assert type(processors[0]) is CachedSuppressTokens
+    torch.manual_seed(0)
+    for _ in range(2):  # the second call uses the cached mask
+        scores = torch.randn(3, 1000)
+        assert torch.equal(processors[0](None, scores.clone()), stock(None, scores.clone()))
