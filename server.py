@@ -8,6 +8,7 @@ Models come from the same env vars as the handler (`ModelSettings`); limits and 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import hmac
 import json
 import logging
@@ -173,6 +174,8 @@ class Service:
             except Exception as error:  # the trace goes to the log only; the server keeps serving
                 logger.exception("transcription failed")
                 raise ServiceError(f"transcription failed ({type(error).__name__}): see the server log", 500) from None
+            finally:
+                _release_freed_memory()
             logger.info("%s %s served in %.2f s", request.method, request.url.path, time.perf_counter() - started)
             return result
 
@@ -180,6 +183,18 @@ class Service:
             return await self.queue.run(request.state.ticket, guarded)
         finally:
             cancel.set()  # a no-op once the job is done
+
+
+def _release_freed_memory() -> None:
+    """glibc keeps what a request freed in per-thread arenas; trimming hands it back, so RSS tracks live memory."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+try:
+    _LIBC = ctypes.CDLL("libc.so.6")
+except OSError:  # not glibc (macOS, musl): nothing to trim
+    _LIBC = None
 
 
 def _service(request: Request) -> Service:

@@ -404,3 +404,19 @@ def test_module_app_is_built_lazily():
         assert server.app.title and "app" in vars(server)
     finally:
         del server.app
+
+
+def test_each_transcription_hands_freed_memory_back(tiny, wav, monkeypatch):
+    import server
+
+    trims = []
+
+    class Libc:
+        def malloc_trim(self, pad):
+            trims.append(pad)
+
+    monkeypatch.setattr(server, "_LIBC", Libc())
+    with TestClient(create_app(tiny, ServerSettings())) as client:
+        assert client.post("/", json={"inputs": b64(wav), "parameters": NO_VAD}).status_code == 200
+        assert client.post("/", json={"inputs": "not base64!"}).status_code == 400
+    assert trims == [0, 0]  # after a good and after a refused request alike
