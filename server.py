@@ -185,16 +185,16 @@ class Service:
             cancel.set()  # a no-op once the job is done
 
 
-def _release_freed_memory() -> None:
-    """glibc keeps what a request freed in per-thread arenas; trimming hands it back, so RSS tracks live memory."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
 try:
     _LIBC = ctypes.CDLL("libc.so.6")
 except OSError:  # not glibc (macOS, musl): nothing to trim
     _LIBC = None
+
+
+def _release_freed_memory() -> None:
+    """glibc keeps what a request freed in per-thread arenas; trimming hands it back, so RSS tracks live memory."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 def _service(request: Request) -> Service:

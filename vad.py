@@ -17,17 +17,6 @@ SAMPLE_RATE = 16000
 Window = tuple[float, float]
 
 
-def load_vad_model() -> Any:
-    """Silero VAD through ONNX Runtime (one thread): 0.65 s a minute of audio here against 1.2 s for its TorchScript
-    twin. Importing silero_vad sets torch to one thread, which would halve Whisper's speed: the count is restored."""
-    threads = torch.get_num_threads()
-    from silero_vad import load_silero_vad
-
-    model = load_silero_vad(onnx=True)
-    torch.set_num_threads(threads)
-    return model
-
-
 @contextmanager
 def one_thread() -> Iterator[None]:
     """Torch on one thread in the calling thread (OpenMP's count is per thread), for models of many tiny ops.
@@ -41,6 +30,15 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def load_vad_model() -> Any:
+    """Silero VAD through ONNX Runtime (one thread): 0.65 s a minute of audio here against 1.2 s for its TorchScript
+    twin. Importing silero_vad sets torch to one thread, which would halve Whisper's speed: `one_thread` restores it."""
+    with one_thread():
+        from silero_vad import load_silero_vad
+
+        return load_silero_vad(onnx=True)
 
 
 class SpeechDetector:

@@ -1,8 +1,9 @@
 """The Whisper model class the ASR pipeline runs: the same weights and greedy results, less work per request.
 
 Measured on a 2-core CPU (docs/benchmarks.md): transformers' `generate()` runs the encoder twice when it has
-to detect the language, and the decoder spends half its time in the vocabulary projection, whose GEMM is
-2-3x slower for a few rows in the layout `nn.Linear` uses than transposed.
+to detect the language; the decoder spent half its time in the vocabulary projection, whose GEMM is 2-3x slower
+for a few rows in the layout `nn.Linear` uses than transposed, and about 1 ms a step rebuilding the suppress-token
+mask; and word timestamps left the model on eager attention for good.
 """
 
 from __future__ import annotations
@@ -24,10 +25,8 @@ class LogitsHead(nn.Module):
         self.weight = weight
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if hidden.device.type != "cpu":
-            return nn.functional.linear(hidden, self.weight)
         flat = hidden.reshape(-1, hidden.shape[-1])
-        if flat.shape[0] == 1:  # a vector: the kernels tie, and this keeps one code path for GPUs and CPUs alike
+        if hidden.device.type != "cpu" or flat.shape[0] == 1:  # GPUs, and a single row, where the kernels tie
             return nn.functional.linear(hidden, self.weight)
         return (self.weight @ flat.T).T.reshape(*hidden.shape[:-1], -1)
 
@@ -53,7 +52,8 @@ def _cached(processors: Any) -> Any:
 
 
 class FastWhisper(WhisperForConditionalGeneration):
-    """Whisper that encodes a batch once per `generate()` and projects logits with `LogitsHead`."""
+    """Whisper that encodes a batch once per `generate()`, projects logits with `LogitsHead`, builds the
+    suppress-token mask once, and keeps SDPA attention after word-timestamp calls."""
 
     def __init__(self, config: Any):
         super().__init__(config)
