@@ -37,7 +37,9 @@ def test_stereo_44k_mp3_gives_the_same_words_as_the_16k_flac(real, sample_bytes)
     mp3 = encode(upsampled, 44100, "mp3", "libmp3lame", channels=2)
     from_flac = real.run({"inputs": sample_bytes})
     from_mp3 = real.run({"inputs": b64(mp3), "parameters": {"sampling_rate": 8000}})  # ignored for containers
-    assert words(from_mp3["text"]) == words(from_flac["text"])
+    # bf16 (the default on CPUs with bf16 instructions) may flip the sample's one near-tie ("the weather" /
+    # "but whether") between encodings; anything more is a decoding fault
+    assert wer(from_flac["text"], from_mp3["text"]) <= 0.1 and wer(SAMPLE_TEXT, from_mp3["text"]) <= 0.1
     assert abs(from_mp3["duration"] - from_flac["duration"]) < 0.1
 
 
@@ -54,6 +56,20 @@ def test_word_timestamps_follow_the_speech(real, sample_bytes):
     assert words(hello["text"]) == "hello" and hello["start"] < 0.5 and hello["end"] < 1.0
     starts = [w["start"] for w in out["words"]]
     assert starts == sorted(starts) and out["words"][-1]["end"] > 9.0
+
+
+def test_bf16_is_no_less_accurate_than_fp32_on_the_sample(real, sample_bytes):
+    """The CPU default where bf16 instructions exist: its words on the sample are fp32's, or closer to the text
+    (`scripts/accuracy.py` compares the two over 24 clips), and its word timestamps follow the speech."""
+    import torch
+
+    fast = make_pipeline(MODELS / "whisper-base", dtype="bfloat16")
+    assert fast.asr.model.dtype == torch.bfloat16
+    reference = real.run({"inputs": sample_bytes, "parameters": {"return_timestamps": "word"}})
+    out = fast.run({"inputs": sample_bytes, "parameters": {"return_timestamps": "word"}})
+    assert wer(SAMPLE_TEXT, out["text"]) <= wer(SAMPLE_TEXT, reference["text"]), out["text"]
+    assert len(out["words"]) == len(reference["words"])
+    assert max(abs(ours["start"] - theirs["start"]) for ours, theirs in zip(out["words"], reference["words"])) < 0.2
 
 
 def test_silence_and_noise_give_an_empty_transcript(real):

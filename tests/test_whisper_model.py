@@ -1,9 +1,10 @@
 """whisper_model: the fast model class computes what transformers' Whisper computes."""
 
+import pytest
 import torch
 from conftest import make_pipeline
 
-from whisper_model import FastWhisper, LogitsHead
+from whisper_model import FastWhisper, LogitsHead, sdpa_cpu_decode
 
 
 def test_logits_head_equals_the_linear_layer_for_every_shape():
@@ -15,6 +16,48 @@ def test_logits_head_equals_the_linear_layer_for_every_shape():
         out = head(hidden)
         assert out.shape == (*shape[:-1], 1000)
         torch.testing.assert_close(out, torch.nn.functional.linear(hidden, weight), rtol=1e-5, atol=1e-4)
+
+
+def test_logits_head_in_bf16_is_the_linear_layer():
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(1000, 64, dtype=torch.bfloat16))
+    for rows in (1, 3):
+        hidden = torch.randn(rows, 1, 64, dtype=torch.bfloat16)
+        assert torch.equal(LogitsHead(weight)(hidden), torch.nn.functional.linear(hidden, weight))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("masked", [False, True])
+def test_decode_attention_equals_sdpa(dtype, masked):
+    """One query over 1500 encoder frames takes the matmul branch in bf16 and the SDPA kernel in fp32: both must
+    compute softmax(q k^T * scale) v, masked positions excluded."""
+    torch.manual_seed(0)
+    module = torch.nn.Module().eval()
+    query, key, value = (torch.randn(2, 8, length, 64).to(dtype) for length in (1, 1500, 1500))
+    mask = (torch.rand(2, 1, 1, 1500) > 0.3) if masked else None
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    expected = sdpa(query.float(), key.float(), value.float(), attn_mask=mask, scale=0.125).transpose(1, 2)
+    out, weights = sdpa_cpu_decode(module, query, key, value, mask, scaling=0.125)
+    assert weights is None and out.dtype == dtype and out.shape == (2, 1, 8, 64)
+    error = (out.float() - expected).abs().max()
+    if dtype == torch.float32:
+        assert error < 1e-5
+    else:  # no further from the exact result than torch's own bf16 kernel
+        assert error <= max((sdpa(query, key, value, attn_mask=mask, scale=0.125).float().transpose(1, 2)
+                             - expected).abs().max(), 2 ** -8)
+
+
+def test_auto_dtype_is_bf16_only_on_cpus_with_bf16_instructions(monkeypatch):
+    from config import ModelSettings
+    from speech_pipeline import _device_and_dtype
+
+    settings = ModelSettings(device="cpu", dtype="auto")
+    for avx512_bf16, amx, expected in ((True, False, torch.bfloat16), (False, True, torch.bfloat16),
+                                       (False, False, torch.float32)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+        assert _device_and_dtype(settings) == (torch.device("cpu"), expected)
+    assert _device_and_dtype(ModelSettings(device="cpu", dtype="float32"))[1] == torch.float32
 
 
 def test_the_pipeline_runs_fast_whisper_with_tied_logits(tiny_models):
