@@ -342,7 +342,12 @@ def machine_info() -> dict[str, Any]:
         memory_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError, AttributeError):
         memory_gib = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": memory_gib, "python": platform.python_version()}
+    import torch
+
+    # the CPU default precision follows these: bf16 where the CPU has bf16 instructions
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": memory_gib, "python": platform.python_version(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "bf16_instructions": torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()}
 
 
 def _load_average() -> list[float] | None:
@@ -476,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         handler = EndpointHandler()
         report["load_seconds"] = time.perf_counter() - started
-        report["models"] = {"asr": handler.pipeline.asr.model.name_or_path,
+        report["models"] = {"asr": handler.pipeline.asr.model.name_or_path, "dtype": str(handler.pipeline.dtype),
                             "assistant": bool(handler.pipeline.assistant_kwargs)}
         import torch
 

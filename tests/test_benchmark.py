@@ -126,6 +126,7 @@ def _check_report(report: dict, names: list[str], requests: int) -> None:
         assert s["throughput_rps"] == pytest.approx(requests / s["wall_seconds"])
         assert isinstance(s["text"], str)
     assert report["machine"]["cores"] >= 1 and report["load_average_end"] is not None
+    assert isinstance(report["machine"]["bf16_instructions"], bool)
 
 
 def test_local_run_on_tiny_models_reports_and_stops(tiny_models, monkeypatch, tmp_path, capsys):
@@ -141,7 +142,7 @@ def test_local_run_on_tiny_models_reports_and_stops(tiny_models, monkeypatch, tm
     _check_report(report, ["short", "short-assisted", "long", "long-assisted"], requests=2)
     assert report["target"] == "local" and report["users"] == 2 and report["iterations"] == 1
     assert all(s["cpu_seconds_per_request"] > 0 for s in report["scenarios"])
-    assert report["models"] == {"asr": str(tiny_models["main"]), "assistant": True}
+    assert report["models"] == {"asr": str(tiny_models["main"]), "dtype": "torch.float32", "assistant": True}
     printed = capsys.readouterr().out
     assert printed.startswith(benchmark.HEADER) and all(name in printed for name in ("short-assisted", "long"))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
