@@ -68,6 +68,12 @@ def _speaker_dict(segment: Segment, words: bool) -> dict[str, Any]:
     return out
 
 
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX), by torch's private probes (absent: no)."""
+    probes = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return any(probe() for probe in probes if probe)
+
+
 def _device_and_dtype(settings: ModelSettings) -> tuple[torch.device, torch.dtype]:
     device = torch.device("cuda" if settings.device == "auto" and torch.cuda.is_available() else
                           "cpu" if settings.device == "auto" else settings.device)
@@ -77,8 +83,7 @@ def _device_and_dtype(settings: ModelSettings) -> tuple[torch.device, torch.dtyp
         return device, torch.float16
     # bf16 halves the bytes read per decoding step and runs the encoder's GEMMs 2.6x faster where the CPU has
     # bf16 instructions; elsewhere it is emulated and slower than fp32
-    native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return device, torch.bfloat16 if device.type == "cpu" and native_bf16 else torch.float32
+    return device, torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else torch.float32
 
 
 class SpeechPipeline:

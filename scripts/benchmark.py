@@ -344,10 +344,11 @@ def machine_info() -> dict[str, Any]:
         memory_gib = None
     import torch
 
+    from speech_pipeline import cpu_has_bf16
+
     # the CPU default precision follows these: bf16 where the CPU has bf16 instructions
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": memory_gib, "python": platform.python_version(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "bf16_instructions": torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()}
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "bf16_instructions": cpu_has_bf16()}
 
 
 def _load_average() -> list[float] | None:
