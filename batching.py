@@ -6,8 +6,10 @@ windows decoded together cost little more than one. Requests whose decoding opti
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
@@ -30,13 +32,29 @@ class _Job:
 
 
 class WindowBatcher:
-    """Collects jobs for `wait_s` after the first arrives, then runs compatible ones in one `forward` call."""
+    """Collects jobs for `wait_s` after the first arrives, and for up to `arrival_wait_s` more while requests
+    announced through `arriving()` are still on their way (decoding, VAD), then runs compatible ones in one
+    `forward` call."""
 
-    def __init__(self, forward: Forward, wait_s: float = 0.02, max_windows: int = 32):
+    def __init__(self, forward: Forward, wait_s: float = 0.02, max_windows: int = 32, arrival_wait_s: float = 0.3):
         self._forward, self._wait_s, self._max_windows = forward, wait_s, max_windows
+        self.arrival_wait_s = arrival_wait_s  # may be changed while serving
+        self._arriving = 0  # requests inside `arriving()`: their windows are coming
         self._queue: list[_Job] = []
         self._ready = threading.Condition()
         threading.Thread(target=self._serve, name="window-batcher", daemon=True).start()
+
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Wrap a request's work before `submit`: a batch about to start waits for it (up to `arrival_wait_s`)."""
+        with self._ready:
+            self._arriving += 1
+        try:
+            yield
+        finally:
+            with self._ready:
+                self._arriving -= 1
+                self._ready.notify()
 
     def submit(self, key: Hashable, inputs: list[Any], batch_size: int, options: dict[str, Any],
                cancel: threading.Event | None = None) -> list[Any]:
@@ -56,7 +74,14 @@ class WindowBatcher:
             while not self._queue:
                 self._ready.wait()
         time.sleep(self._wait_s)  # let requests that arrive together join the batch
+        deadline = time.monotonic() + self.arrival_wait_s
         with self._ready:
+            # requests that came in together but are still in VAD would otherwise miss this batch by milliseconds
+            while self._arriving and sum(len(job.inputs) for job in self._queue) < self._max_windows:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._ready.wait(left)
             for job in [job for job in self._queue if job.cancel.is_set()]:  # given up while waiting: no work
                 self._queue.remove(job)
                 job.error = Cancelled()

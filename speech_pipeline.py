@@ -116,7 +116,8 @@ class SpeechPipeline:
             self.diarizer = load_diarizer(diarization_model, token, self.device)
         self._lock = threading.Lock()  # one forward pass at a time: transformers models are not re-entrant
         self._diarization_lock = threading.Lock()  # pyannote pipelines keep state between calls too
-        self._batcher = WindowBatcher(self._forward, wait_s=self.settings.batch_wait_ms / 1000)
+        wait_s = self.settings.batch_wait_ms / 1000
+        self._batcher = WindowBatcher(self._forward, wait_s=wait_s, arrival_wait_s=0.3 if wait_s else 0.0)
         logger.info("loaded %s on %s/%s in %.1f s (assistant: %s, diarization: %s)", asr_model, self.device,
                     self.dtype, time.perf_counter() - started, bool(self.assistant_kwargs), bool(self.diarizer))
 
@@ -216,8 +217,9 @@ class SpeechPipeline:
         if not isinstance(data, dict):
             raise RequestError("the request must be a JSON object with 'inputs'", field="inputs")
         config = InferenceConfig.parse(data.get("parameters"))
-        audio = decode_audio(payload_bytes(data.get("inputs")), config.audio_format, config.sampling_rate,
-                             self.settings.max_audio_seconds)
+        with self._batcher.arriving():
+            audio = decode_audio(payload_bytes(data.get("inputs")), config.audio_format, config.sampling_rate,
+                                 self.settings.max_audio_seconds)
         return self.transcribe(audio, config, cancel), config
 
     def transcribe(self, audio: np.ndarray, config: InferenceConfig, cancel: threading.Event | None = None) -> Transcript:
@@ -227,7 +229,8 @@ class SpeechPipeline:
         cancel = cancel or threading.Event()
         generate_kwargs = self.generate_kwargs(config)  # refuses bad options before the VAD runs
         duration = len(audio) / SAMPLE_RATE
-        regions = self.detector.regions(audio, config.chunk_length_s) if config.vad else [(0.0, duration)]
+        with self._batcher.arriving():
+            regions = self.detector.regions(audio, config.chunk_length_s) if config.vad else [(0.0, duration)]
         windows = group_windows(regions, config.chunk_length_s, duration)
         _check(cancel)
         assisted = self.use_assistant(config, len(windows))

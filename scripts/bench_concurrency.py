@@ -1,9 +1,11 @@
 """Dynamic batching, measured: N concurrent short requests against the same N one after another, in-process.
 
-    python -m scripts.bench_concurrency [--requests 8] [--seconds 8] [--out docs/bench_concurrency.json]
+    python -m scripts.bench_concurrency [--requests 8] [--seconds 8] [--arrival-wait 0,0.3 --repeats 3]
+        [--out docs/bench_concurrency.json]
 
 Prints both wall times, their ratio (sequential / concurrent: the aggregate speed-up) and whether every
-transcript is identical. Uses the offline default ASR model (or ASR_MODEL); diarization is off.
+transcript is identical. Uses the offline default ASR model (or ASR_MODEL); diarization is off. With
+`--arrival-wait`, the concurrent run is repeated for each of the batcher's arrival waits (seconds), interleaved.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--arrival-wait", help="comma-separated arrival waits (s) to compare; default: the setting")
+    parser.add_argument("--repeats", type=int, default=1, help="concurrent runs per arrival wait")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     pipeline = SpeechPipeline(ModelSettings(assistant_model="", diarization_model=""))
@@ -49,13 +53,24 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     sequential = [pipeline.transcribe(clip, config).text for clip in audio]
     sequential_s = time.perf_counter() - started
-    started = time.perf_counter()
-    with ThreadPoolExecutor(args.requests) as pool:
-        concurrent = [t.text for t in pool.map(lambda clip: pipeline.transcribe(clip, config), audio)]
-    concurrent_s = time.perf_counter() - started
+    waits = [float(x) for x in args.arrival_wait.split(",")] if args.arrival_wait else [None]
+    runs: dict[str, list[float]] = {str(wait): [] for wait in waits}
+    identical = True
+    for _ in range(args.repeats):
+        for wait in waits:
+            if wait is not None:
+                pipeline._batcher.arrival_wait_s = wait
+            started = time.perf_counter()
+            with ThreadPoolExecutor(args.requests) as pool:
+                concurrent = [t.text for t in pool.map(lambda clip: pipeline.transcribe(clip, config), audio)]
+            runs[str(wait)].append(round(time.perf_counter() - started, 2))
+            identical = identical and concurrent == sequential
+    concurrent_s = min(runs[str(waits[-1])])
     report = {"requests": args.requests, "seconds_each": args.seconds, "sequential_s": round(sequential_s, 2),
-              "concurrent_s": round(concurrent_s, 2), "speedup": round(sequential_s / concurrent_s, 2),
-              "identical_transcripts": sequential == concurrent}
+              "concurrent_s": concurrent_s, "speedup": round(sequential_s / concurrent_s, 2),
+              "identical_transcripts": identical}
+    if args.arrival_wait:
+        report["concurrent_s_by_arrival_wait"] = runs
     print(json.dumps(report, indent=1))
     if args.out:
         args.out.write_text(json.dumps(report, indent=1) + "\n")

@@ -240,3 +240,17 @@ def test_benchmark_against_the_live_server(live_server, monkeypatch, tmp_path):
     _check_report(report, ["short", "long-assisted"], requests=4)
     assert report["target"] == f"{live_server}/predict"
     assert all(s["cpu_seconds_per_request"] is None for s in report["scenarios"])
+
+
+def test_bench_concurrency_compares_arrival_waits_on_tiny_models(tiny_models, monkeypatch, tmp_path):
+    from scripts import bench_concurrency
+
+    monkeypatch.setenv("ASR_MODEL", str(tiny_models["main"]))
+    out = tmp_path / "concurrency.json"
+    report = bench_concurrency.main(["--requests", "3", "--seconds", "1", "--arrival-wait", "0,0.3", "--repeats", "2",
+                                     "--out", str(out)])
+    assert json.loads(out.read_text()) == report
+    runs = report["concurrent_s_by_arrival_wait"]
+    assert set(runs) == {"0.0", "0.3"} and all(len(times) == 2 and min(times) > 0 for times in runs.values())
+    assert report["concurrent_s"] == min(runs["0.3"]) and report["identical_transcripts"] is True
+    assert report["speedup"] == round(report["sequential_s"] / report["concurrent_s"], 2)
