@@ -79,7 +79,8 @@ def _cached(processors: Any) -> Any:
 
 class FastWhisper(WhisperForConditionalGeneration):
     """Whisper that encodes a batch once per `generate()`, projects logits with `LogitsHead`, builds the
-    suppress-token mask once, and keeps SDPA attention after word-timestamp calls."""
+    suppress-token mask once, and keeps its attention implementation (load it with `ATTENTION`) after
+    word-timestamp calls."""
 
     def __init__(self, config: Any):
         super().__init__(config)
