@@ -388,7 +388,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ax2 = axes[0][1]
         clips = list(comparison)
         x = np.arange(len(clips))
-        ax2.bar(x - 0.2, [comparison[c]["ours"]["seconds"] for c in clips], 0.4, label="ours (transformers)")
+        dtype = report.get("models", {}).get("dtype", "").removeprefix("torch.")
+        ax2.bar(x - 0.2, [comparison[c]["ours"]["seconds"] for c in clips], 0.4,
+                label=f"ours (transformers{', ' + dtype if dtype else ''})")
         ax2.bar(x + 0.2, [comparison[c]["faster_whisper"]["seconds"] for c in clips], 0.4,
                 label=f"faster-whisper ({report['faster_whisper']['compute_type']})")
         ax2.set_xticks(x, [f"{c} ({comparison[c]['audio_seconds']:.0f} s)" for c in clips])
@@ -403,7 +405,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ax2.set_title("same audio, same whisper-base weights, greedy", fontsize=10)
         ax2.legend(fontsize=8, loc="upper left")
     machine = report.get("machine", {})
-    fig.suptitle(f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, torch threads "
+    isa = f" ({machine['cpu_capability']}{', bf16' if machine.get('bf16_instructions') else ''})" \
+        if machine.get("cpu_capability") else ""
+    fig.suptitle(f"{machine.get('cpu', '?')}{isa}, {machine.get('cores', '?')} cores, torch threads "
                  f"{machine.get('torch_threads', '?')}, target {report.get('target', '?')}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
