@@ -42,19 +42,40 @@ AttentionInterface.register(ATTENTION, sdpa_cpu_decode)
 AttentionMaskInterface.register(ATTENTION, sdpa_mask)
 
 
+def cpu_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear`, with fp32 products of up to 64 rows on CPU computed as W @ x^T, one row padded to two.
+
+    A decoding step reads every decoder weight once, from memory rather than cache: MKL streams a weight 3-5x
+    faster in the transposed layout (512 x 512, 3 rows: 172 -> 53 us), and for two rows 2.7x faster than for
+    one. The same sums in another order: results agree to float rounding."""
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if x.device.type != "cpu" or x.dtype != torch.float32 or not 0 < rows <= 64:
+        return nn.functional.linear(x, weight, bias)
+    flat = x.reshape(rows, x.shape[-1]).contiguous()  # x^T must be a transposed view: MKL's fast case
+    if rows == 1:
+        flat = torch.cat([flat, torch.zeros_like(flat)])
+    out = (weight @ flat.T).T[:rows].contiguous()  # a transposed result would reach the next layer as such
+    if bias is not None:
+        out += bias
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+class DecodeLinear(nn.Linear):
+    """A decoder `nn.Linear` computed by `cpu_linear` (same parameters, same state dict)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return cpu_linear(x, self.weight, self.bias)
+
+
 class LogitsHead(nn.Module):
-    """`proj_out` (tied to the token embeddings) computed as W @ x^T for fp32 on CPU: the same product, another
-    GEMM shape. MKL's fp32 kernel for a few rows in `nn.Linear`'s layout is the slow one; bf16 has no such gap."""
+    """`proj_out`, tied to the token embeddings, computed by `cpu_linear`."""
 
     def __init__(self, weight: nn.Parameter):
         super().__init__()
         self.weight = weight
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        flat = hidden.reshape(-1, hidden.shape[-1])
-        if hidden.device.type != "cpu" or hidden.dtype != torch.float32 or flat.shape[0] == 1:  # the kernels tie
-            return nn.functional.linear(hidden, self.weight)
-        return (self.weight @ flat.T).T.reshape(*hidden.shape[:-1], -1)
+        return cpu_linear(hidden, self.weight)
 
 
 class CachedSuppressTokens(SuppressTokensLogitsProcessor):
@@ -85,6 +106,9 @@ class FastWhisper(WhisperForConditionalGeneration):
     def __init__(self, config: Any):
         super().__init__(config)
         self.proj_out = LogitsHead(self.proj_out.weight)
+        for module in self.model.decoder.modules():
+            if type(module) is nn.Linear:
+                module.__class__ = DecodeLinear
         self._encoded: list[tuple[torch.Tensor, Any]] | None = None  # this generate() call's encoder results
         encoder = self.get_encoder()
         encoder.forward = self._encode_once(encoder.forward)

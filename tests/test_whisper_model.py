@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import make_pipeline
 
-from whisper_model import FastWhisper, LogitsHead, sdpa_cpu_decode
+from whisper_model import DecodeLinear, FastWhisper, LogitsHead, cpu_linear, sdpa_cpu_decode
 
 
 def test_logits_head_equals_the_linear_layer_for_every_shape():
@@ -16,6 +16,32 @@ def test_logits_head_equals_the_linear_layer_for_every_shape():
         out = head(hidden)
         assert out.shape == (*shape[:-1], 1000)
         torch.testing.assert_close(out, torch.nn.functional.linear(hidden, weight), rtol=1e-5, atol=1e-4)
+
+
+def test_cpu_linear_equals_the_linear_layer_for_every_row_count_and_layout():
+    """One row (padded to two), a few, the 64-row limit and past it, with and without bias, and inputs that are
+    transposed views (as a previous layer's output can be)."""
+    torch.manual_seed(0)
+    weight, bias = torch.randn(96, 40), torch.randn(96)
+    for rows in (1, 2, 3, 64, 65, 300):
+        for x in (torch.randn(rows, 1, 40), torch.randn(40, rows).T.reshape(rows, 1, 40)):
+            for b in (None, bias):
+                out = cpu_linear(x, weight, b)
+                assert out.shape == (rows, 1, 96) and out.is_contiguous()
+                torch.testing.assert_close(out, torch.nn.functional.linear(x, weight, b), rtol=1e-5, atol=1e-5)
+    assert cpu_linear(torch.randn(0, 40), weight).shape == (0, 96)
+
+
+def test_the_decoders_linear_layers_use_cpu_linear_and_keep_their_weights(tiny_models):
+    from transformers import WhisperForConditionalGeneration
+
+    fast = FastWhisper.from_pretrained(tiny_models["main"])
+    stock = WhisperForConditionalGeneration.from_pretrained(tiny_models["main"])
+    decoder_linears = [m for m in fast.model.decoder.modules() if isinstance(m, torch.nn.Linear)]
+    assert decoder_linears and all(type(m) is DecodeLinear for m in decoder_linears)
+    assert not any(type(m) is DecodeLinear for m in fast.model.encoder.modules())
+    ours, theirs = fast.state_dict(), stock.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
 def test_logits_head_in_bf16_is_the_linear_layer():
