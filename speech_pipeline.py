@@ -121,6 +121,11 @@ class SpeechPipeline:
         logger.info("loaded %s on %s/%s in %.1f s (assistant: %s, diarization: %s)", asr_model, self.device,
                     self.dtype, time.perf_counter() - started, bool(self.assistant_kwargs), bool(self.diarizer))
 
+    @property
+    def batcher(self) -> WindowBatcher:
+        """The dynamic batcher (its `arrival_wait_s` may be tuned while serving)."""
+        return self._batcher
+
     def _load_asr(self, name: str, token: str | None) -> Any:
         from transformers import AutoConfig, AutoFeatureExtractor, AutoTokenizer, pipeline
 

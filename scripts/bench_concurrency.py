@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     for _ in range(args.repeats):
         for wait in waits:
             if wait is not None:
-                pipeline._batcher.arrival_wait_s = wait
+                pipeline.batcher.arrival_wait_s = wait
             started = time.perf_counter()
             with ThreadPoolExecutor(args.requests) as pool:
                 concurrent = [t.text for t in pool.map(lambda clip: pipeline.transcribe(clip, config), audio)]
