@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -23,14 +22,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from audio import SAMPLE_RATE, decode_audio  # noqa: E402
-from config import InferenceConfig, ModelSettings  # noqa: E402
+from config import PROJECT_DIR, InferenceConfig, ModelSettings  # noqa: E402
+from scripts.benchmark import normalise_words as words  # noqa: E402
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
-
-
-def words(text: str) -> str:
-    """Lowercase words without punctuation: what a word error rate should compare."""
-    return " ".join(re.sub(r"[^\w' ]", " ", text.lower()).split())
+SAMPLES = PROJECT_DIR / "samples"
 
 
 def _noisy(audio: np.ndarray, snr_db: float, seed: int) -> np.ndarray:

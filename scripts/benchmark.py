@@ -45,8 +45,8 @@ from scripts.client import DEFAULT_URL, auth_headers, request_body  # noqa: E402
 SAMPLE = PROJECT_DIR / "samples" / "sample.flac"
 SCENARIOS = {"short": ("short", False), "short-assisted": ("short", True),
              "long": ("long", False), "long-assisted": ("long", True)}
-GAP_SECONDS = 0.5
-SETTLE_SECONDS = 1.0  # between timed runs: the other engine's idle threads spin for a while before they sleep  # silence between copies of the sample in the long clip, like pauses between sentences
+GAP_SECONDS = 0.5  # silence between copies of the sample in the long clip, like pauses between sentences
+SETTLE_SECONDS = 1.0  # between timed runs: the other engine's idle threads spin for a while before they sleep
 
 
 @dataclass
