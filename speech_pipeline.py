@@ -74,6 +74,16 @@ def cpu_has_bf16() -> bool:
     return any(probe() for probe in probes if probe)
 
 
+def drafting_pays(main: Any, assistant: Any) -> bool:
+    """Whether a draft step is cheap enough against a main step (two Whisper configs) for speculative decoding to win.
+
+    A GPU decoding step costs about what the decoder's layer count says (H200, fp16: tiny.en's 4 layers cost 0.71 of
+    base's 6, distil-large-v3's 2 cost 0.095 of large-v3's 32), and drafting with tiny.en made base's requests 2.8x
+    slower there: drafts must cost at most a quarter of a main step (scripts/bench_assisted.py, docs/benchmarks.md).
+    """
+    return assistant.decoder_layers * 4 <= main.decoder_layers
+
+
 def _device_and_dtype(settings: ModelSettings) -> tuple[torch.device, torch.dtype]:
     device = torch.device("cuda" if settings.device == "auto" and torch.cuda.is_available() else
                           "cpu" if settings.device == "auto" else settings.device)
@@ -107,6 +117,8 @@ class SpeechPipeline:
         self.multilingual = bool(getattr(generation, "is_multilingual", True))
         self.lang_to_id: dict[str, int] = dict(getattr(generation, "lang_to_id", None) or {})
         self.assistant_kwargs = self._load_assistant(base, token)
+        self.drafting_pays = bool(self.assistant_kwargs) and drafting_pays(
+            self.asr.model.config, self.assistant_kwargs["assistant_model"].config)
         self.detector = SpeechDetector()
         self.diarizer = None
         diarization_model = self._resolve_optional(self.settings.diarization_model, DEFAULT_DIARIZATION_MODEL, base)
@@ -118,8 +130,9 @@ class SpeechPipeline:
         self._diarization_lock = threading.Lock()  # pyannote pipelines keep state between calls too
         wait_s = self.settings.batch_wait_ms / 1000
         self._batcher = WindowBatcher(self._forward, wait_s=wait_s, arrival_wait_s=0.3 if wait_s else 0.0)
-        logger.info("loaded %s on %s/%s in %.1f s (assistant: %s, diarization: %s)", asr_model, self.device,
-                    self.dtype, time.perf_counter() - started, bool(self.assistant_kwargs), bool(self.diarizer))
+        logger.info("loaded %s on %s/%s in %.1f s (assistant: %s, drafting pays: %s, diarization: %s)", asr_model,
+                    self.device, self.dtype, time.perf_counter() - started, bool(self.assistant_kwargs),
+                    self.drafting_pays, bool(self.diarizer))
 
     @property
     def batcher(self) -> WindowBatcher:
@@ -195,11 +208,12 @@ class SpeechPipeline:
         return kwargs
 
     def use_assistant(self, config: InferenceConfig, windows: int) -> bool:
-        """`assisted: auto` drafts only where it was measured to win: a GPU, one short window, batch of one
-        (docs/benchmarks.md: on this project's 2-core CPU, drafting with tiny.en doubled whisper-base's time)."""
+        """`assisted: auto` drafts only where it was measured to win: a GPU, an assistant whose decoder has at most
+        a quarter of the main one's layers, one short window, batch of one (docs/benchmarks.md: on CPUs, and on an
+        H200 with tiny.en drafting for base, drafting made requests 2.8-4.4x slower)."""
         if config.assisted != "auto":
             return bool(config.assisted)
-        return (bool(self.assistant_kwargs) and self.device.type == "cuda" and windows == 1
+        return (self.drafting_pays and self.device.type == "cuda" and windows == 1
                 and config.batch_size in (None, 1) and config.num_beams == 1)
 
     def _language_code(self, language: str) -> str:

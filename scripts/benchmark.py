@@ -348,7 +348,8 @@ def machine_info() -> dict[str, Any]:
 
     # the CPU default precision follows these: bf16 where the CPU has bf16 instructions
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": memory_gib, "python": platform.python_version(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "bf16_instructions": cpu_has_bf16()}
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "bf16_instructions": cpu_has_bf16(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 def _load_average() -> list[float] | None:

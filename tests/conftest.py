@@ -30,13 +30,13 @@ if os.environ.get("CI"):
     hypothesis_settings.load_profile("ci")
 
 
-def _tiny_whisper(source: Path, out: Path, seed: int) -> Path:
-    """A 2-layer random Whisper with `source`'s vocabulary, tokenizer and generation config."""
+def _tiny_whisper(source: Path, out: Path, seed: int, decoder_layers: int = 2) -> Path:
+    """A small random Whisper (2 encoder layers) with `source`'s vocabulary, tokenizer and generation config."""
     from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
 
     torch.manual_seed(seed)
     config = WhisperConfig.from_pretrained(source)
-    config.update(dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+    config.update(dict(d_model=64, encoder_layers=2, decoder_layers=decoder_layers, encoder_attention_heads=4,
                        decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128))
     model = WhisperForConditionalGeneration(config)
     generation = GenerationConfig.from_pretrained(source)
@@ -50,13 +50,15 @@ def _tiny_whisper(source: Path, out: Path, seed: int) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    """main (multilingual vocab), draft (same vocab), draft_en (tiny.en vocab) and main_en (English-only)."""
+    """main (multilingual vocab), draft (same vocab), draft_en (tiny.en vocab), main_en (English-only), all with 2
+    decoder layers, and main_deep (8 decoder layers, for which a 2-layer draft is cheap)."""
     root = tmp_path_factory.mktemp("tiny")
     return {
         "main": _tiny_whisper(MODELS / "whisper-base", root / "main", 0),
         "draft": _tiny_whisper(MODELS / "whisper-base", root / "draft", 1),
         "draft_en": _tiny_whisper(MODELS / "whisper-tiny.en", root / "draft_en", 2),
         "main_en": _tiny_whisper(MODELS / "whisper-tiny.en", root / "main_en", 3),
+        "main_deep": _tiny_whisper(MODELS / "whisper-base", root / "main_deep", 4, decoder_layers=8),
     }
 
 

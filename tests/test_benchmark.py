@@ -253,4 +253,27 @@ def test_bench_concurrency_compares_arrival_waits_on_tiny_models(tiny_models, mo
     runs = report["concurrent_s_by_arrival_wait"]
     assert set(runs) == {"0.0", "0.3"} and all(len(times) == 2 and min(times) > 0 for times in runs.values())
     assert report["concurrent_s"] == min(runs["0.3"]) and report["identical_transcripts"] is True
+    assert report["differing"] == {}
     assert report["speedup"] == pytest.approx(report["sequential_s"] / report["concurrent_s"], rel=0.03)  # rounded
+
+
+def test_bench_assisted_prices_a_deep_main_model_and_a_shallow_draft(tiny_models, tmp_path):
+    from scripts import bench_assisted
+
+    out = tmp_path / "assisted.json"
+    report = bench_assisted.main(["--pairs", f"{tiny_models['main_deep']}:{tiny_models['draft']}", "--device", "cpu",
+                                  "--steps", "3", "--drafts", "4", "--out", str(out)])
+    assert json.loads(out.read_text()) == report and report["dtype"] == "torch.float32" and report["drafts"] == 4
+    (row,) = report["pairs"]
+    assert row["main"] == str(tiny_models["main_deep"]) and row["assistant"] == str(tiny_models["draft"])
+    assert min(row["main_step_ms"], row["assistant_step_ms"], row["verify_ms"]) > 0
+    assert row["cost_ratio"] == pytest.approx(row["assistant_step_ms"] / row["main_step_ms"], abs=0.002)
+    best = 5 * row["main_step_ms"] / (4 * row["assistant_step_ms"] + row["verify_ms"])
+    assert row["best_case_speedup"] == pytest.approx(best, abs=0.01)
+
+
+def test_bench_assisted_refuses_an_unknown_model(capsys):
+    from scripts import bench_assisted
+
+    with pytest.raises(SystemExit, match="neither a model directory nor one of large-v3"):
+        bench_assisted.main(["--pairs", "no-such-model:tiny", "--device", "cpu"])

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 import pytest
-from conftest import b64, encode, make_pipeline, tone
+from conftest import MODELS, b64, encode, make_pipeline, tone
 
 from config import RequestError
 from handler import EndpointHandler
@@ -161,16 +161,28 @@ def test_a_failing_batch_fails_its_requests_and_the_next_one_succeeds(tiny_model
 def test_assisted_auto_drafts_only_where_it_wins(tiny_models):
     from config import InferenceConfig
 
-    pipe = make_pipeline(tiny_models["main"], tiny_models["draft"])
+    pipe = make_pipeline(tiny_models["main_deep"], tiny_models["draft"])
     auto = InferenceConfig.parse({"assisted": "auto"})
     assert auto.effective_batch_size == 24 and InferenceConfig.parse({"assisted": "auto", "batch_size": 8})
+    assert pipe.drafting_pays  # 2 of 8 decoder layers
     assert not pipe.use_assistant(auto, windows=1)  # a CPU: drafting was measured slower
     pipe.device = torch.device("cuda")  # the policy only; nothing runs on it here
     assert pipe.use_assistant(auto, windows=1)
     assert not pipe.use_assistant(auto, windows=3)
     assert not pipe.use_assistant(InferenceConfig.parse({"assisted": "auto", "batch_size": 8}), windows=1)
     assert pipe.use_assistant(InferenceConfig.parse({"assisted": True}), windows=3)
-    assert not make_pipeline(tiny_models["main"]).use_assistant(auto, windows=1)  # nothing to draft with
+    assert not make_pipeline(tiny_models["main_deep"]).use_assistant(auto, windows=1)  # nothing to draft with
+
+
+def test_assisted_auto_skips_a_draft_nearly_as_deep_as_the_main_model(tiny_models):
+    """Like tiny.en for base (4 of 6 layers), measured 2.8x slower on an H200: auto leaves it unused, asked still drafts."""
+    from config import InferenceConfig
+
+    pipe = make_pipeline(tiny_models["main"], tiny_models["draft"])  # 2 of 2 decoder layers
+    pipe.device = torch.device("cuda")
+    assert pipe.assistant_kwargs and not pipe.drafting_pays
+    assert not pipe.use_assistant(InferenceConfig.parse({"assisted": "auto"}), windows=1)
+    assert pipe.use_assistant(InferenceConfig.parse({"assisted": True}), windows=1)
 
 
 def _decoder_steps(pipe, on_step=None):
@@ -225,3 +237,14 @@ def test_a_request_cancelled_before_it_runs_does_no_work(tiny_models):
     finally:
         hook.remove()
     assert steps == []
+
+
+def test_drafting_pays_for_large_v3_with_distil_and_not_for_base_with_tiny_en():
+    from transformers import WhisperConfig
+
+    from scripts.bench_assisted import ARCHITECTURES
+    from speech_pipeline import drafting_pays
+
+    base, tiny_en = (WhisperConfig.from_pretrained(MODELS / name) for name in ("whisper-base", "whisper-tiny.en"))
+    large, distil = (WhisperConfig(**ARCHITECTURES[name]) for name in ("large-v3", "distil-large-v3"))
+    assert drafting_pays(large, distil) and not drafting_pays(base, tiny_en)
