@@ -91,6 +91,9 @@ class InferenceConfig(BaseModel):
         "auto", description="auto: a container (wav, flac, mp3, ogg, m4a, ...); pcm_*: headerless mono samples"
     )
     language: str | None = Field(None, max_length=32, description="e.g. 'en' or 'english'; None detects it")
+    prompt: str | None = Field(None, max_length=4000, description=(
+        "text that comes before the audio (names, terms, spelling, style): every window is decoded as its "
+        "continuation; as in OpenAI's API only the last 223 tokens count"))
     return_timestamps: Literal["segment", "word"] = Field("segment", description="word adds per-word times")
     vad: bool = Field(True, description="cut non-speech out with a voice-activity detector before Whisper")
     diarization: bool = Field(True, description="attribute speakers when a diarization model is loaded")
@@ -108,6 +111,11 @@ class InferenceConfig(BaseModel):
     @classmethod
     def _normalise_language(cls, value: Any) -> Any:
         return value.strip().lower() or None if isinstance(value, str) else value
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _blank_prompt_is_none(cls, value: Any) -> Any:
+        return value if not isinstance(value, str) or value.strip() else None
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "InferenceConfig":

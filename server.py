@@ -38,7 +38,7 @@ from speech_pipeline import SpeechPipeline
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 MEDIA_TYPES = {"text": "text/plain", "srt": "application/x-subrip", "vtt": "text/vtt"}
-_OPENAI_FIELDS = {"task", "language", "return_timestamps"}  # set from the OpenAI form fields and the route
+_OPENAI_FIELDS = {"task", "language", "prompt", "return_timestamps"}  # set from the OpenAI form fields and the route
 
 
 class ServerSettings(BaseSettings):
@@ -366,7 +366,8 @@ def openai_form(
     file: Annotated[UploadFile, File(description="audio in any container FFmpeg reads")],
     model: Annotated[str, Form(description="accepted for compatibility; the server's ASR_MODEL answers")] = "whisper-1",
     language: Annotated[str | None, Form(max_length=32, description="ISO-639-1 code; detected when absent")] = None,
-    prompt: Annotated[str | None, Form(description="accepted and ignored")] = None,
+    prompt: Annotated[str | None, Form(max_length=4000, description="text before the audio (names, terms, style) "
+                                       "that Whisper continues from; only its last 223 tokens count")] = None,
     response_format: Annotated[ResponseFormat, Form()] = "json",
     temperature: Annotated[float, Form(ge=0, le=1, description="accepted; decoding is greedy (temperature 0)")] = 0,
     timestamp_granularities: Annotated[list[Literal["segment", "word"]] | None,
@@ -402,7 +403,8 @@ async def _openai(request: Request, form: OpenAIRequest, task: str) -> Response:
     extra = {key: value for key, value in (await request.form()).items()
              if key in InferenceConfig.model_fields and key not in _OPENAI_FIELDS and isinstance(value, str)}
     config = InferenceConfig.parse({**extra, "task": task, "return_timestamps": "word" if words else "segment",
-                                    **({"language": form.language} if form.language else {})})
+                                    **({"language": form.language} if form.language else {}),
+                                    **({"prompt": form.prompt} if form.prompt else {})})
     if form.response_format == "diarized_json" and (pipeline.diarizer is None or not config.diarization):
         raise RequestError("response_format diarized_json needs diarization: a DIARIZATION_MODEL and diarization "
                            "not turned off", field="response_format")

@@ -205,7 +205,16 @@ class SpeechPipeline:
                                    422, "language")
         if config.assisted is True and not self.assistant_kwargs:
             raise RequestError("assisted decoding asked for, but no ASSISTANT_MODEL is loaded", 400, "assisted")
+        if config.prompt:
+            kwargs["prompt_ids"] = self._prompt_ids(config.prompt)
         return kwargs
+
+    def _prompt_ids(self, prompt: str) -> torch.Tensor:
+        """<|startofprev|> and the prompt's last tokens: Whisper gives a prompt half of its 448 decoder positions
+        (openai-whisper and OpenAI's API keep the last 223 tokens too)."""
+        ids = self.asr.tokenizer.get_prompt_ids(prompt, return_tensors="pt")
+        keep = self.asr.model.config.max_target_positions // 2 - 1
+        return torch.cat([ids[:1], ids[1:][-keep:]])
 
     def use_assistant(self, config: InferenceConfig, windows: int) -> bool:
         """`assisted: auto` drafts only where it was measured to win: a GPU, an assistant whose decoder has at most
@@ -291,7 +300,8 @@ class SpeechPipeline:
             outputs = self._forward(inputs, 1, options, cancel.is_set)
             _check(cancel)
         else:
-            key = (tuple(sorted(generate_kwargs.items())), word_level)
+            key = (tuple(sorted((k, tuple(v.tolist()) if isinstance(v, torch.Tensor) else v)  # prompt_ids
+                                for k, v in generate_kwargs.items())), word_level)
             outputs = self._batcher.submit(key, inputs, config.effective_batch_size, options, cancel)
         segments: list[Segment] = []
         for (start, end), output in zip(windows, outputs):

@@ -120,3 +120,11 @@ def test_fast_whisper_gives_the_stock_models_outputs(real, sample_bytes):
     finally:
         hook.remove()
     assert len(encoded) == 4  # once per batch, twice for the window decoded in two passes
+
+
+def test_a_prompt_steers_the_style_and_keeps_the_words(real, sample_bytes):
+    plain = real.run({"inputs": sample_bytes, "parameters": {"language": "en"}})["text"]
+    styled = real.run({"inputs": sample_bytes, "parameters": {
+        "language": "en", "prompt": "um so uh we recorded this like at noon"}})["text"]
+    assert re.search(r"[A-Z.]", plain) and not re.search(r"[A-Z.,]", styled), styled  # lower case, unpunctuated
+    assert words(styled) == words(plain) and "noon" not in styled  # the prompt is context, not output

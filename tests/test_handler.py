@@ -5,7 +5,7 @@ import torch
 import pytest
 from conftest import MODELS, b64, encode, make_pipeline, tone
 
-from config import RequestError
+from config import InferenceConfig, RequestError
 from handler import EndpointHandler
 
 
@@ -183,6 +183,56 @@ def test_assisted_auto_skips_a_draft_nearly_as_deep_as_the_main_model(tiny_model
     assert pipe.assistant_kwargs and not pipe.drafting_pays
     assert not pipe.use_assistant(InferenceConfig.parse({"assisted": "auto"}), windows=1)
     assert pipe.use_assistant(InferenceConfig.parse({"assisted": True}), windows=1)
+
+
+def test_a_prompt_leads_the_decoder_input_and_a_long_one_keeps_its_end(tiny_models, speechlike):
+    pipe = make_pipeline(tiny_models["main"])
+    tokenizer = pipe.asr.tokenizer
+    first_inputs: list[list[int]] = []
+    hook = pipe.asr.model.model.decoder.register_forward_pre_hook(
+        lambda module, args, kwargs: first_inputs.append(kwargs["input_ids"][0].tolist()), with_kwargs=True)
+    pipe.run({"inputs": speechlike, "parameters": {"vad": False, "prompt": "Dr. Okafor, Kubernetes"}})
+    hook.remove()
+    prompt = tokenizer.get_prompt_ids("Dr. Okafor, Kubernetes").tolist()
+    prefill = max(first_inputs, key=len)  # language detection runs the decoder on <|startoftranscript|> alone first
+    assert prefill[:len(prompt)] == prompt and prompt[0] == tokenizer.convert_tokens_to_ids("<|startofprev|>")
+    assert prefill[len(prompt)] == tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
+    long = " ".join(f"term{i}" for i in range(400))
+    full, kept = tokenizer.get_prompt_ids(long).tolist(), pipe._prompt_ids(long).tolist()
+    assert len(full) > 224 and len(kept) == 224 and kept == full[:1] + full[-223:]  # OpenAI's rule: the last 223
+    assert pipe.run({"inputs": speechlike, "parameters": {"vad": False, "prompt": long}})["chunks"] is not None
+    assert InferenceConfig.parse({"prompt": "  "}).prompt is None
+    with pytest.raises(RequestError, match="prompt") as caught:
+        InferenceConfig.parse({"prompt": "x" * 4001})
+    assert caught.value.status == 422
+
+
+def test_requests_with_different_prompts_never_share_a_pass(tiny_models):
+    from concurrent.futures import ThreadPoolExecutor
+
+    pipe = make_pipeline(tiny_models["main"], batch_wait_ms=300)
+    requests = [{"inputs": encode(tone(2.0 + i, freq=180.0 + 90 * i), 16000, "wav", "pcm_s16le"),
+                 "parameters": {"vad": False, "prompt": ["alpha", "beta"][i % 2]}} for i in range(4)]
+    sequential = [pipe.run(request) for request in requests]
+    windows: dict[tuple, int] = {}
+    passes, forward = [], pipe.asr
+
+    class Spy:  # the ASR pipeline, counting each prompt's windows per pass
+        def __call__(self, inputs, **kwargs):
+            prompt = tuple(kwargs["generate_kwargs"]["prompt_ids"].tolist())
+            windows[prompt] = windows.get(prompt, 0) + len(inputs)
+            passes.append(prompt)
+            return forward(inputs, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(forward, name)
+
+    pipe.asr = Spy()
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(pipe.run, requests)) == sequential
+    ids = {name: tuple(pipe._prompt_ids(name).tolist()) for name in ("alpha", "beta")}
+    assert windows == {ids["alpha"]: 2, ids["beta"]: 2}  # each pass ran under its own requests' prompt
+    assert len(passes) < len(requests)  # and requests with the same prompt did share one
 
 
 def _decoder_steps(pipe, on_step=None):

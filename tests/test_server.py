@@ -195,6 +195,17 @@ def test_openai_verbose_json_shape(client, wav):
     assert "words" not in segment_only
 
 
+def test_openai_prompt_reaches_the_decoder(client, tiny, wav, monkeypatch):
+    seen, generate_kwargs = [], tiny.generate_kwargs
+    monkeypatch.setattr(tiny, "generate_kwargs", lambda config: (seen.append(config), generate_kwargs(config))[1])
+    body = openai(client, wav, prompt="Dr. Okafor, Kubernetes", response_format="verbose_json").json()
+    assert seen[-1].prompt == "Dr. Okafor, Kubernetes"
+    expected = tiny.transcribe(decode_audio(wav), InferenceConfig.parse({**NO_VAD, "prompt": "Dr. Okafor, Kubernetes"}))
+    assert body["text"] == expected.text
+    too_long = openai(client, wav, prompt="x" * 4001)
+    assert too_long.status_code == 422 and "prompt" in too_long.text
+
+
 def test_openai_translation_runs_the_translate_task(client, tiny, wav):
     translated = openai(client, wav, "/v1/audio/translations", response_format="verbose_json").json()
     assert translated["task"] == "translate"
@@ -203,7 +214,7 @@ def test_openai_translation_runs_the_translate_task(client, tiny, wav):
 
 
 def test_openai_extra_inference_fields_apply(client, wav):
-    assert openai(client, wav, batch_size="2", num_beams="1", temperature="0", prompt="ignored").status_code == 200
+    assert openai(client, wav, batch_size="2", num_beams="1", temperature="0").status_code == 200
     response = openai(client, wav, batch_size="0")
     assert response.status_code == 422 and response.json()["field"] == "batch_size"
 
