@@ -278,13 +278,9 @@ class SpeechPipeline:
 
     def _forward(self, inputs: list[dict[str, Any]], batch_size: int, options: dict[str, Any],
                  stop: Callable[[], bool]) -> list[dict]:
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers import StoppingCriteriaList
 
-        class StopWhen(StoppingCriteria):  # ends decoding of a batch whose every request was given up
-            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-                return torch.full((input_ids.shape[0],), stop(), dtype=torch.bool, device=input_ids.device)
-
-        generate_kwargs = {**options["generate_kwargs"], "stopping_criteria": StoppingCriteriaList([StopWhen()])}
+        generate_kwargs = {**options["generate_kwargs"], "stopping_criteria": StoppingCriteriaList([_StopWhen(stop)])}
         with self._lock, torch.inference_mode():
             return self.asr(inputs, batch_size=batch_size, **{**options, "generate_kwargs": generate_kwargs})
 
@@ -312,6 +308,16 @@ class SpeechPipeline:
             else:
                 segments.extend(Segment(s, e, t) for s, e, t in chunks)
         return segments
+
+
+class _StopWhen:
+    """A transformers stopping criterion that ends decoding of a batch once `stop()` is true (all given up)."""
+
+    def __init__(self, stop: Callable[[], bool]):
+        self.stop = stop
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.stop(), dtype=torch.bool, device=input_ids.device)
 
 
 def _check(cancel: threading.Event) -> None:
