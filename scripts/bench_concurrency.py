@@ -4,8 +4,9 @@
         [--out docs/bench_concurrency.json]
 
 Prints both wall times, their ratio (sequential / concurrent: the aggregate speed-up) and whether every
-transcript is identical (with both texts of each clip that is not). Uses the offline default ASR model (or ASR_MODEL); diarization is off. With
-`--arrival-wait`, the concurrent run is repeated for each of the batcher's arrival waits (seconds), interleaved.
+transcript is identical (with both texts of each clip that is not). Uses the offline default ASR model (or
+ASR_MODEL); diarization is off. With `--arrival-wait`, the concurrent run is repeated for each of the batcher's
+arrival waits (seconds), interleaved.
 """
 
 from __future__ import annotations

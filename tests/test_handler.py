@@ -175,7 +175,7 @@ def test_assisted_auto_drafts_only_where_it_wins(tiny_models):
 
 
 def test_assisted_auto_skips_a_draft_nearly_as_deep_as_the_main_model(tiny_models):
-    """Like tiny.en for base (4 of 6 layers), measured 2.8x slower on an H200: auto leaves it unused, asked still drafts."""
+    """Like tiny.en for base (4 of 6 layers), 2.8x slower on an H200: auto leaves it unused; `true` still drafts."""
     from config import InferenceConfig
 
     pipe = make_pipeline(tiny_models["main"], tiny_models["draft"])  # 2 of 2 decoder layers
