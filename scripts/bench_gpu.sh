@@ -19,6 +19,8 @@ step $py -m scripts.benchmark --local --scenarios short,short-assisted,long,long
     --parameters '{"language": "en"}' --out "$out/bench.json"
 step $py -m scripts.benchmark --local --scenarios short,short-assisted,long --iterations 5 --warmup 2 \
     --parameters '{"language": "en", "assisted": "auto"}' --out "$out/bench_auto.json"
+# what each batch size costs the first time (a fresh server's one-off costs)
+step $py -m scripts.bench_first_batch --windows 1,1,3,3,2,2,4,4,8,8,5,16,16,24,24 --out "$out/first_batch.json"
 # dynamic batching: 8 concurrent 8 s requests against 8 sequential ones, fp16 (the default) and fp32
 step $py -m scripts.bench_concurrency --repeats 3 --out "$out/concurrency.json"
 step env DTYPE=float32 $py -m scripts.bench_concurrency --repeats 3 --out "$out/concurrency_fp32.json"

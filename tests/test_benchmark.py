@@ -277,3 +277,14 @@ def test_bench_assisted_refuses_an_unknown_model(capsys):
 
     with pytest.raises(SystemExit, match="neither a model directory nor one of large-v3"):
         bench_assisted.main(["--pairs", "no-such-model:tiny", "--device", "cpu"])
+
+
+def test_bench_first_batch_runs_each_batch_size_as_asked(tiny_models, monkeypatch, tmp_path):
+    from scripts import bench_first_batch
+
+    monkeypatch.setenv("ASR_MODEL", str(tiny_models["main"]))
+    out = tmp_path / "first.json"
+    report = bench_first_batch.main(["--windows", "1,2,1", "--out", str(out)])
+    assert json.loads(out.read_text()) == report
+    assert [run["windows"] for run in report["runs"]] == [1, 2, 1]
+    assert all(run["seconds"] > 0 and run["words"] >= 0 for run in report["runs"])
