@@ -55,7 +55,8 @@ def load(name: str, device: torch.device, dtype: torch.dtype) -> Any:
         return WhisperForConditionalGeneration(config).to(dtype).eval()
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a wall-clock time covers it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -72,10 +73,10 @@ def step_seconds(model: Any, tokens: int, steps: int) -> float:
         cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
         ids = torch.randint(0, 50000, (1, PROMPT + tokens), device=device)
         model(encoder_outputs=(states,), decoder_input_ids=ids[:, :PROMPT], past_key_values=cache, use_cache=True)
-        _sync(device)
+        synchronize(device)
         started = time.perf_counter()
         model(encoder_outputs=(states,), decoder_input_ids=ids[:, PROMPT:], past_key_values=cache, use_cache=True)
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - started)
     return sorted(times[3:])[len(times[3:]) // 2]
 

@@ -15,18 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from audio import SAMPLE_RATE, decode_audio  # noqa: E402
-from config import PROJECT_DIR, InferenceConfig, ModelSettings  # noqa: E402
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+from config import InferenceConfig, ModelSettings  # noqa: E402
+from scripts.bench_assisted import synchronize  # noqa: E402
+from scripts.bench_concurrency import clips  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -39,16 +32,13 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = [int(n) for n in args.windows.split(",")]
     pipeline = SpeechPipeline(ModelSettings(assistant_model="", diarization_model=""))
     config = InferenceConfig.parse({"language": "en", "vad": False})
-    sample = decode_audio((PROJECT_DIR / "samples" / "sample.flac").read_bytes())
-    longest = max(sizes) * 30 * SAMPLE_RATE
-    looped = np.tile(sample, longest // len(sample) + 1)
     runs = []
     for windows in sizes:
-        clip = looped[:windows * 30 * SAMPLE_RATE - SAMPLE_RATE]  # a second short of the last window's end
-        _sync()
+        (clip,) = clips(1, windows * 30 - 1)  # the sample looped, a second short of the last window's end
+        synchronize(pipeline.device)
         started = time.perf_counter()
         text = pipeline.transcribe(clip, config).text
-        _sync()
+        synchronize(pipeline.device)
         runs.append({"windows": windows, "seconds": round(time.perf_counter() - started, 3),
                      "words": len(text.split())})
         print(f"{windows:3d} windows: {runs[-1]['seconds']:7.3f} s, {runs[-1]['words']} words", flush=True)
