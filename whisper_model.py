@@ -3,8 +3,8 @@
 Measured on a 2-core CPU (docs/benchmarks.md): transformers' `generate()` runs the encoder twice when it has
 to detect the language; fp32 decoding steps spent most of their time in products of a few rows with weights read
 from memory, which MKL streams 3-5x slower in the layout `nn.Linear` uses than transposed, and about 1 ms a step
-rebuilding the suppress-token mask; and word timestamps left the model on eager attention for good. In bf16 on CPU, torch's SDPA kernel
-took 1.3 ms for one decoding query over the 1500 encoder frames, two matmuls 0.18 ms.
+rebuilding the suppress-token mask; and word timestamps left the model on eager attention for good. In bf16 on
+CPU, torch's SDPA kernel took 1.3 ms for one decoding query over the 1500 encoder frames, two matmuls 0.18 ms.
 """
 
 from __future__ import annotations
