@@ -176,11 +176,11 @@ def test_a_cpu_forward_pass_holds_at_most_the_default_batch(tiny, wav):
 
     tiny._batcher._forward = recording
     try:
-        long = encode(tone(60.0), 16000, "wav", "pcm_s16le")
+        long = encode(tone(30.0), 16000, "wav", "pcm_s16le")
         tiny.handle({"inputs": long, "parameters": {**NO_VAD, "chunk_length_s": 1, "batch_size": 256}})
     finally:
         tiny._batcher._forward = forward
-    assert sum(n for n, _ in seen) == 60 and max(n for n, _ in seen) <= 24 and max(b for _, b in seen) <= 24
+    assert sum(n for n, _ in seen) == 30 and max(n for n, _ in seen) <= 24 and max(b for _, b in seen) <= 24
 
 
 # --- 3. slow uploads ---------------------------------------------------------------------------------------------
@@ -271,7 +271,7 @@ def test_a_timed_out_request_frees_its_worker_within_a_batch(tiny):
             response = client.post("/?vad=false&chunk_length_s=1&batch_size=1", content=long,
                                    headers={"Content-Type": "audio/wav"})
             assert response.status_code == 504
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + 60  # one batch, on a loaded machine
             while client.get("/health").json()["queue"]["held"] and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert client.get("/health").json()["queue"]["held"] == 0
