@@ -306,7 +306,7 @@ def _held(server: Server) -> int:
     return httpx.get(server.url + "/health", timeout=10).json()["queue"]["held"]
 
 
-def _post(server: Server, body: bytes, query: str, headers: dict, timeout: float = 120) -> tuple[int, float]:
+def _post(server: Server, body: bytes, query: str, headers: dict, timeout: float = 600) -> tuple[int, float]:
     started = time.perf_counter()
     try:
         status = httpx.post(server.url + "/" + query, content=body, headers=headers, timeout=timeout).status_code
@@ -470,7 +470,7 @@ def main(argv: list[str] | None = None) -> dict:
 
             started = time.perf_counter()
             long_request = httpx.post(server.url + "/" + window_query, content=window_audio,
-                                      headers={"Content-Type": "audio/wav"}, timeout=300)
+                                      headers={"Content-Type": "audio/wav"}, timeout=900)
             full_s = round(time.perf_counter() - started, 2)
             assert long_request.status_code == 200, long_request.text[:300]
         finally:
