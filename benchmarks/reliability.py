@@ -372,7 +372,8 @@ def slow_clients(server: Server, auth: dict, body: bytes, uploads: int, idle: in
             "valid_before": {"status": baseline[0], "s": baseline[1]},
             "valid_meanwhile": {"status": during[0], "s": during[1]},
             "still_open": {name: sum(state == "open" for state in found) for name, found in states.items()},
-            "ok": during[0] == 200 and held == 0 and all(state != "open" for found in states.values() for state in found)}
+            "ok": during[0] == 200 and held == 0
+            and all(state != "open" for found in states.values() for state in found)}
 
 
 def dropped_and_timed_out(server: Server, auth: dict, long: bytes, short: bytes, query: str, full_s: float) -> dict:

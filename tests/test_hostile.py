@@ -323,7 +323,8 @@ def test_a_prompt_with_whisper_control_tokens_is_a_422(client, wav):
     for prompt in ("<|endoftext|>", "names: <|0.00|> Okafor"):
         response = client.post("/", json={"inputs": b64(wav), "parameters": {**NO_VAD, "prompt": prompt}})
         assert response.status_code == 422 and response.json()["field"] == "prompt", response.text
-    assert client.post("/", json={"inputs": b64(wav), "parameters": {**NO_VAD, "prompt": "a < b | c"}}).status_code == 200
+    plain = client.post("/", json={"inputs": b64(wav), "parameters": {**NO_VAD, "prompt": "a < b | c"}})
+    assert plain.status_code == 200
 
 
 # --- 6. many channels --------------------------------------------------------------------------------------------

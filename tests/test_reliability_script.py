@@ -34,4 +34,4 @@ def test_reliability_script_reports_no_crash_and_no_5xx(tmp_path):
     assert cancel["ok"] and cancel["timeout"]["status"] == 504, cancel
     assert [r["status"] for r in bombs["window_bomb"]] == [422] * 3 and bombs["pcm_bomb"][0]["status"] == 413, bombs
     assert bombs["ok"] and bombs["oversized_without_key"] == 401, bombs
-    assert report["hostile_log"] == {**report["hostile_log"], "tracebacks": 0, "key_logged": False}
+    assert report["hostile_log"]["tracebacks"] == 0 and not report["hostile_log"]["key_logged"]
