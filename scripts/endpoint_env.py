@@ -1,0 +1,101 @@
+"""Build a Python environment the way an Inference Endpoints container gets one, to run the real toolkit here.
+
+    python -m scripts.endpoint_env [--toolkit ../shared/hf-inference-toolkit] [--cache DIR]   # prints the venv path
+
+An endpoint's image installs huggingface-inference-toolkit's pins (`pip install ".[torch,st,diffusers]"`: its
+setup.py), then its entrypoint runs `pip install -r requirements.txt` on top. Here, as there:
+1. torch==2.13.0 (the local CPU build) stands in for the image's CUDA torch 2.5.1 (multi-GB, would not run here);
+2. the toolkit's install_requires and extras torch, st, diffusers, with torch held at the stand-in; kenlm is left
+   out (a git URL: no host but the package index is reachable here);
+3. `pip install -r requirements.txt`, still with torch held, so nothing re-resolves it;
+4. what only the CPU stand-in needs: torchaudio's compiled extension removed (`scripts.torchaudio_cpu`).
+The venv lands in a cache directory keyed by a hash of requirements.txt, the toolkit's setup.py and this file,
+so CI on the same machine builds it once; a build that did not finish is never reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+TOOLKIT_DIR = PROJECT_DIR.parent / "shared" / "hf-inference-toolkit"  # CI's clone has shared/ beside it
+STAND_IN_TORCH = "torch==2.13.0"
+IMAGE_EXTRAS = ("torch", "st", "diffusers")  # the toolkit's PyTorch Dockerfile: pip install ".[torch,st,diffusers]"
+CACHE_DIR = Path(os.environ.get("ENDPOINT_ENV_CACHE", Path.home() / ".cache" / "whisper-endpoint"))
+_DONE = "endpoint-env-complete"  # written last: a venv without it is a broken build
+
+
+def toolkit_requirements(setup_py: Path, extras: tuple[str, ...] = IMAGE_EXTRAS) -> list[str]:
+    """The requirements the toolkit's setup.py declares for the image, less torch (the stand-in) and git URLs."""
+    tree = ast.parse(setup_py.read_text())
+    install: list[str] = []
+    extra: dict[str, list[str]] = {}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Assign) or not isinstance(node.value, ast.List):
+            continue
+        values = [ast.literal_eval(element) for element in node.value.elts]
+        target = node.targets[0]
+        if isinstance(target, ast.Name) and target.id == "install_requires":
+            install = values
+        elif isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name) and target.value.id == "extras":
+            extra[ast.literal_eval(target.slice)] = values
+    if not install:
+        raise ValueError(f"no install_requires found in {setup_py}")
+    wanted = install + [requirement for name in extras for requirement in extra[name]]
+    return [r for r in wanted if "@" not in r and not r.replace(" ", "").startswith("torch==")]
+
+
+def env_key(requirements: Path, setup_py: Path) -> str:
+    digest = hashlib.sha256()
+    for path in (requirements, setup_py, Path(__file__)):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _pip(python: Path, *args: str) -> None:
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *args], check=True)
+
+
+def build(requirements: Path = PROJECT_DIR / "requirements.txt", toolkit: Path = TOOLKIT_DIR,
+          cache: Path = CACHE_DIR) -> Path:
+    """The endpoint-like venv for `requirements` (built once per key); returns its directory."""
+    setup_py = toolkit / "setup.py"
+    venv = cache / f"endpoint-env-{env_key(requirements, setup_py)}"
+    if (venv / _DONE).exists():
+        return venv
+    shutil.rmtree(venv, ignore_errors=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as held:
+        held.write(STAND_IN_TORCH + "\n")
+    try:
+        _pip(python, STAND_IN_TORCH)
+        _pip(python, "-c", held.name, *toolkit_requirements(setup_py))
+        _pip(python, "-c", held.name, "-r", str(requirements))  # the entrypoint's step
+    finally:
+        os.unlink(held.name)
+    subprocess.run([str(python), "-m", "scripts.torchaudio_cpu"], check=True, cwd=PROJECT_DIR)
+    (venv / _DONE).write_text(" ".join(sys.argv) + "\n")
+    return venv
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requirements", type=Path, default=PROJECT_DIR / "requirements.txt")
+    parser.add_argument("--toolkit", type=Path, default=TOOLKIT_DIR, help="huggingface-inference-toolkit source")
+    parser.add_argument("--cache", type=Path, default=CACHE_DIR, help="where the keyed venvs live")
+    args = parser.parse_args(argv)
+    print(build(args.requirements, args.toolkit, args.cache))
+
+
+if __name__ == "__main__":
+    main()
