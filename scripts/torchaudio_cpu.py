@@ -1,26 +1,35 @@
-"""Let a CUDA torchaudio wheel import beside a CPU torch: remove its compiled extension (`python -m scripts.torchaudio_cpu`).
+"""Let torchaudio import beside a torch it was not built for: remove its compiled extension when that cannot load.
 
-The torchaudio wheels on PyPI that accept torch 2.13 are CUDA builds: on a CPU torch their extension cannot load
-and `import torchaudio` fails. Without it torchaudio runs pure-Python, which is all pyannote and transformers use.
-Does nothing where torch is a CUDA build (a GPU image) or torchaudio is absent.
+    python -m scripts.torchaudio_cpu
+
+The torchaudio wheels on PyPI that accept torch 2.13 (2.11) are CUDA builds for torch 2.11: on a CPU torch their
+extension cannot load, and `import torchaudio` fails (`OSError: Could not load this library`). Without the
+extension torchaudio runs pure-Python, which is all pyannote and transformers use here. A torchaudio whose
+extension loads (the matching build on a GPU image) is left alone, as is an environment without torchaudio.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 
-def strip_extension() -> list[Path]:
-    """Delete torchaudio's compiled libraries when torch is a CPU build; returns what was deleted."""
-    import torch
+def _imports() -> bool:
+    return subprocess.run([sys.executable, "-c", "import torchaudio"], capture_output=True).returncode == 0
 
+
+def strip_extension() -> list[Path]:
+    """Delete torchaudio's compiled libraries if `import torchaudio` fails with them; returns what was deleted."""
     spec = importlib.util.find_spec("torchaudio")
-    if torch.version.cuda is not None or spec is None or spec.origin is None:
+    if spec is None or spec.origin is None or _imports():
         return []
     removed = sorted((Path(spec.origin).parent / "lib").glob("*.so"))
     for library in removed:
         library.unlink()
+    if not _imports():
+        raise SystemExit("torchaudio does not import even without its compiled extension")
     return removed
 
 
