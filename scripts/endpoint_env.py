@@ -26,6 +26,7 @@ import ast
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -101,7 +102,7 @@ def build(requirements: Path = PROJECT_DIR / "requirements.txt", toolkit: Path =
 
 def resolve_on_image(python: Path, requirements: Path = PROJECT_DIR / "requirements.txt") -> dict[str, str]:
     """What `pip install -r requirements` would install beside the image's real torch and torchaudio, as
-    {name: version}, resolved from package metadata only (no wheel is downloaded or installed); raises
+    {normalised name: version}, resolved from package metadata only (no wheel is downloaded or installed); raises
     CalledProcessError when pip finds no resolution that keeps them."""
     with tempfile.TemporaryDirectory() as tmp:
         pins, report = Path(tmp) / "image.txt", Path(tmp) / "report.json"
@@ -110,7 +111,7 @@ def resolve_on_image(python: Path, requirements: Path = PROJECT_DIR / "requireme
                         "--ignore-installed", "--report", str(report), "-c", str(pins), "-r", str(requirements)],
                        check=True, capture_output=True, text=True)
         installs = json.loads(report.read_text())["install"]
-    return {item["metadata"]["name"].lower(): item["metadata"]["version"] for item in installs}
+    return {re.sub(r"[-_.]+", "-", item["metadata"]["name"]).lower(): item["metadata"]["version"] for item in installs}
 
 
 def main(argv: list[str] | None = None) -> None:

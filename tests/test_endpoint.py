@@ -82,6 +82,34 @@ def test_the_endpoint_environment_keeps_what_the_toolkit_runs_on(venv):
     assert versions["transformers"] == _pins(ROOT / "requirements.txt")["transformers"]
 
 
+FAST_EQUALS_STOCK = """
+import json, sys, torch
+from transformers import AutoProcessor, WhisperForConditionalGeneration
+from audio import decode_audio
+from whisper_model import ATTENTION, FastWhisper
+processor = AutoProcessor.from_pretrained(sys.argv[1])
+audio = decode_audio(open(sys.argv[2], "rb").read())
+features = processor(audio[:16000 * 15], sampling_rate=16000, return_tensors="pt").input_features
+tokens = []
+for cls, kwargs in ((FastWhisper, {"attn_implementation": ATTENTION}), (WhisperForConditionalGeneration, {})):
+    model = cls.from_pretrained(sys.argv[1], dtype=torch.float32, **kwargs).eval()
+    with torch.inference_mode():  # no language: both detect it first
+        tokens.append(model.generate(features, return_timestamps=True, num_beams=1, task="transcribe").tolist())
+print(json.dumps({"equal": tokens[0] == tokens[1], "text": processor.batch_decode(tokens[0], skip_special_tokens=True)}))
+"""
+
+
+def test_fast_whisper_equals_transformers_whisper_on_the_endpoints_transformers(venv):
+    """FastWhisper overrides generate()'s internals: on the endpoint's transformers 4.x it must still give the
+    stock class's greedy tokens (the local suite checks the same on 5.x)."""
+    result = subprocess.run([str(venv / "bin" / "python"), "-c", FAST_EQUALS_STOCK, str(ROOT / "models" / "whisper-base"),
+                             str(SAMPLE)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.splitlines()[-1])
+    assert out["equal"] and wer(SAMPLE_TEXT, out["text"][0]) <= 0.1, out
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -167,11 +195,14 @@ def test_bad_parameters_and_non_audio_get_400(endpoint, body, content_type, mess
 
 def test_huggingface_hub_inference_client(endpoint, monkeypatch):
     from huggingface_hub import InferenceClient, constants
+    from huggingface_hub.errors import BadRequestError
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # offline mode blocks every request, a local one too
     client = InferenceClient(model=endpoint, timeout=300)
-    raw = client.automatic_speech_recognition(SAMPLE.read_bytes())  # raw bytes without a Content-Type
+    raw = client.automatic_speech_recognition(SAMPLE)  # raw bytes, Content-Type from the file name: audio/flac
     assert wer(SAMPLE_TEXT, raw.text) <= 0.1, raw.text
+    with pytest.raises(BadRequestError, match='Content type "None" not supported'):
+        client.automatic_speech_recognition(SAMPLE.read_bytes())  # bare bytes have none: the toolkit refuses them
     with_parameters = client.automatic_speech_recognition(SAMPLE, extra_body={"return_timestamps": "word"})
     assert with_parameters.text == raw.text  # JSON {"inputs": base64, "parameters": {...}}
     assert with_parameters.chunks and with_parameters.chunks[0].timestamp[0] < 0.5
