@@ -10,7 +10,7 @@ import re
 import av
 import numpy as np
 
-from config import RequestError
+from errors import RequestError
 
 SAMPLE_RATE = 16000
 MIN_SECONDS = 0.1

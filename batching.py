@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
-from config import Cancelled
+from errors import Cancelled
 
 # forward(inputs, batch_size, options, stop): `stop()` turns true once every request in the batch was cancelled
 Forward = Callable[[list[Any], int, dict[str, Any], Callable[[], bool]], list[Any]]
@@ -38,7 +38,7 @@ class WindowBatcher:
 
     def __init__(self, forward: Forward, wait_s: float = 0.02, max_windows: int = 32, arrival_wait_s: float = 0.3):
         self._forward, self._wait_s, self._max_windows = forward, wait_s, max_windows
-        self.arrival_wait_s = arrival_wait_s  # may be changed while serving
+        self.arrival_wait_s = arrival_wait_s
         self._arriving = 0  # requests inside `arriving()`: their windows are coming
         self._queue: list[_Job] = []
         self._ready = threading.Condition()

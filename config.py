@@ -9,32 +9,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from errors import RequestError, empty_is_none, invalid_parameter
+
 logger = logging.getLogger(__name__)
 
 PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_ASR_MODEL = "models/whisper-base"
 DEFAULT_ASSISTANT_MODEL = "models/whisper-tiny.en"
 DEFAULT_DIARIZATION_MODEL = "models/diarization"
-
-
-class RequestError(ValueError):
-    """A problem with what the client sent; `status` is the HTTP status a server answers with."""
-
-    def __init__(self, message: str, status: int = 400, field: str | None = None):
-        super().__init__(message)
-        self.message, self.status, self.field = message, status, field
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"error": self.message, "field": self.field} if self.field else {"error": self.message}
-
-
-class Cancelled(Exception):
-    """The request was given up (its timeout passed): work on it stops at the next check, nobody awaits the result."""
-
-
-def redact(text: str, secret: str | None) -> str:
-    """Remove a secret from text headed for logs or clients (library errors can echo tokens)."""
-    return text.replace(secret, "***") if secret else text
 
 
 class ModelSettings(BaseSettings):
@@ -57,10 +39,11 @@ class ModelSettings(BaseSettings):
     max_audio_seconds: float = Field(4 * 3600, gt=0, description="longer audio is refused with 413")
     batch_wait_ms: float = Field(20, ge=0, le=1000, description="how long concurrent requests wait to share a batch")
 
-    @field_validator("assistant_model", "diarization_model", mode="before")
-    @classmethod
-    def _empty_is_none(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
+    batch_arrival_wait_ms: float = Field(
+        300, ge=0, le=5000, description="how long a batch about to start waits for requests still decoding or in VAD "
+                                        "(only while BATCH_WAIT_MS is not 0)")
+
+    _empty_is_none = field_validator("assistant_model", "diarization_model", mode="before")(empty_is_none)
 
     def resolve(self, name: str | None, base: Path) -> str | None:
         """A relative path that exists under `base` (the handler repo) wins over a hub id of the same name."""
@@ -149,7 +132,4 @@ class InferenceConfig(BaseModel):
         try:
             return cls.model_validate(parameters)
         except ValidationError as error:
-            first = error.errors()[0]
-            field = str(first["loc"][0]) if first["loc"] else "parameters"  # a union adds its branch to the path
-            message = first["msg"].removeprefix("Value error, ")
-            raise RequestError(f"invalid parameter {field}: {message}", status=422, field=field) from None
+            raise invalid_parameter(error.errors()) from None

@@ -11,21 +11,21 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 import torch
 
-from config import Cancelled, redact
+from audio import SAMPLE_RATE
+from errors import Cancelled, redact
+from transcript import Segment, Word
 from vad import one_thread
 
 if TYPE_CHECKING:
     from config import InferenceConfig
-    from speech_pipeline import Segment, Word
 
 logger = logging.getLogger(__name__)
-SAMPLE_RATE = 16000
 Turn = tuple[float, float, str]  # start, end, speaker label
 
 
 def load_diarizer(name: str, token: str | None, device: torch.device) -> Any:
     """Load a pyannote pipeline from a hub id or a local directory / config.yaml; fail fast with advice."""
-    import diarization_models  # noqa: F401  (turns pyannote telemetry off; offline checkpoints name its classes)
+    import offline_diarizer  # noqa: F401  (turns pyannote telemetry off; offline checkpoints name its classes)
     from pyannote.audio import Pipeline
 
     # pyannote 4 names it `token`; 3.x (the endpoint's, which keeps the image's torch) `use_auth_token`
@@ -132,8 +132,6 @@ def merge_speakers(turns: list[Turn], segments: list[Segment], by_word: bool = F
     At word level each word gets its own speaker, so an ASR segment is split where the speaker changes.
     The concatenated texts always equal the concatenated ASR segment texts.
     """
-    from speech_pipeline import Segment
-
     units: list[tuple[float, float, str, list[Word]]]
     if by_word and all(s.words for s in segments):
         units = [(w.start, w.end, w.text, [w]) for s in segments for w in s.words]

@@ -13,11 +13,11 @@ class EndpointHandler:
     """Loads the models once from env settings; each call serves one request.
 
     `data` is {"inputs": <base64 audio> | <bytes>, "parameters": {...}}. Client mistakes raise
-    `config.RequestError` (a ValueError) whose message names the field; the toolkit answers 400 with it.
+    `errors.RequestError` (a ValueError) whose message names the field; the toolkit answers 400 with it.
     """
 
     def __init__(self, path: str = "") -> None:
         self.pipeline = SpeechPipeline(ModelSettings(), base_dir=Path(path) if path else None)
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
-        return self.pipeline.run(data)
+        return self.pipeline.handle(data)

@@ -7,248 +7,29 @@ Models come from the same env vars as the handler (`ModelSettings`); limits and 
 
 from __future__ import annotations
 
-import asyncio
-import ctypes
-import hmac
 import json
 import logging
 import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any, AsyncIterator, Callable, Literal, TypeVar
+from typing import Annotated, Any, AsyncIterator, Literal
 
-import anyio
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
-from starlette.datastructures import Headers, UploadFile as StarletteUpload
+from starlette.datastructures import UploadFile as StarletteUpload
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from config import Cancelled, InferenceConfig, ModelSettings, RequestError, redact
+from admission import BodyLimit, InferenceRoute, ServerSettings, Service, service_of
+from config import InferenceConfig
+from errors import RequestError, invalid_parameter
 from formats import ResponseFormat, render
 from speech_pipeline import SpeechPipeline
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 MEDIA_TYPES = {"text": "text/plain", "srt": "application/x-subrip", "vtt": "text/vtt"}
 _OPENAI_FIELDS = {"task", "language", "prompt", "return_timestamps"}  # set from the OpenAI form fields and the route
-
-
-class ServerSettings(BaseSettings):
-    """Access and limits of the HTTP server, read from env vars (API_KEY, MAX_UPLOAD_BYTES, ...)."""
-
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
-
-    api_key: SecretStr | None = Field(None, description="when set, inference routes need `Authorization: Bearer <key>`")
-    max_upload_bytes: int = Field(200 * 2**20, ge=1, description="a larger request body is refused with 413")
-    max_concurrent_requests: int = Field(
-        8, ge=1, le=64, description="requests in the pipeline at once; their windows share forward passes")
-    max_queued_requests: int = Field(8, ge=0, description="requests waiting for a worker; more get 503")
-    request_timeout_s: float = Field(900.0, gt=0, description="upload + queue wait + transcription; then 504")
-    retry_after_s: int = Field(5, ge=1, description="Retry-After header of 503 answers")
-
-    @field_validator("api_key", mode="before")
-    @classmethod
-    def _empty_is_none(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
-
-
-class ServiceError(RequestError):
-    """An answer in the RequestError shape that carries HTTP headers or is not the client's fault (500/503/504)."""
-
-    def __init__(self, message: str, status: int, headers: dict[str, str] | None = None, field: str | None = None):
-        super().__init__(message, status, field)
-        self.headers = headers or {}
-
-
-class Ticket:
-    """A request's place in the queue; freed when its transcription thread ends (or the request does without one)."""
-
-    def __init__(self, queue: InferenceQueue):
-        self._queue, self._freed, self.handed_off = queue, False, False
-
-    def free(self) -> None:
-        with self._queue.lock:
-            if not self._freed:
-                self._freed = True
-                self._queue.held -= 1
-
-
-class InferenceQueue:
-    """FIFO worker threads off the event loop, and admission of at most workers + waiting requests at once.
-
-    A place is held from admission until the transcription thread ends: a timed-out transcription stops at its
-    next check (between decoding steps, stages and diarization batches) and holds its place until then.
-    """
-
-    def __init__(self, workers: int, waiting: int):
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="transcribe")
-        self.capacity, self.held, self.lock = workers + waiting, 0, threading.Lock()
-
-    def admit(self, retry_after_s: int) -> Ticket:
-        with self.lock:
-            if self.held >= self.capacity:
-                raise ServiceError(f"the server is busy ({self.held} requests running or queued): retry later",
-                                   503, {"Retry-After": str(retry_after_s)})
-            self.held += 1
-        return Ticket(self)
-
-    async def run(self, ticket: Ticket, job: Callable[[], T]) -> T:
-        future = self._executor.submit(job)
-        ticket.handed_off = True
-        future.add_done_callback(lambda _: ticket.free())  # runs on completion and on cancel before start
-        return await asyncio.wrap_future(future)  # cancelling this (timeout) cancels a job not yet started
-
-    def shutdown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-class Service:
-    """What the routes share: the pipeline (None while loading), settings and the queue."""
-
-    def __init__(self, settings: ServerSettings, pipeline: SpeechPipeline | None):
-        self.settings, self.pipeline, self.failed = settings, pipeline, False
-        self.queue = InferenceQueue(settings.max_concurrent_requests, settings.max_queued_requests)
-        self._loading = False
-
-    def start_loading(self) -> None:
-        if self.pipeline is None and not self._loading:
-            self._loading = True
-            threading.Thread(target=self._load, name="model-loader", daemon=True).start()
-
-    def _load(self) -> None:
-        settings = ModelSettings()
-        try:
-            self.pipeline = SpeechPipeline(settings)
-        except Exception as error:  # keep serving /health with the failure; the log says why
-            self.failed = True
-            logger.error("could not load the models: %s", redact(str(error), settings.token()))
-
-    def model_info(self) -> dict[str, Any]:
-        pipeline = self.pipeline
-        settings = pipeline.settings
-        return {"asr_model": settings.asr_model,
-                "assistant_model": settings.assistant_model if pipeline.assistant_kwargs else None,
-                "diarization_model": settings.diarization_model if pipeline.diarizer is not None else None,
-                "multilingual": pipeline.multilingual, "device": str(pipeline.device),
-                "dtype": str(pipeline.dtype).removeprefix("torch."), "max_audio_seconds": settings.max_audio_seconds}
-
-    def authorize(self, header: str | None) -> None:
-        if self.settings.api_key is None:
-            return
-        scheme, _, given = (header or "").partition(" ")
-        expected = self.settings.api_key.get_secret_value().encode()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
-            raise ServiceError("missing or wrong API key: send the header Authorization: Bearer <API_KEY>", 401,
-                               {"WWW-Authenticate": "Bearer"})
-
-    def ready(self) -> SpeechPipeline:
-        if self.pipeline is None:
-            state = "could not be loaded (see the server log)" if self.failed else "are loading"
-            raise ServiceError(f"the models {state}: retry later", 503,
-                               {} if self.failed else {"Retry-After": str(self.settings.retry_after_s)})
-        return self.pipeline
-
-    async def run(self, request: Request, job: Callable[[threading.Event], T]) -> T:
-        """Run `job(cancel)` on a worker thread in the request's queue place; a model failure becomes a 500.
-        When the request ends first (timeout, disconnect), `cancel` is set and the transcription stops early."""
-        cancel = threading.Event()
-
-        def guarded() -> T:
-            started = time.perf_counter()
-            try:
-                result = job(cancel)
-            except Cancelled:
-                logger.info("%s %s given up after %.2f s: transcription stopped", request.method, request.url.path,
-                            time.perf_counter() - started)
-                raise
-            except RequestError:
-                raise
-            except Exception as error:  # the trace goes to the log only; the server keeps serving
-                logger.exception("transcription failed")
-                raise ServiceError(f"transcription failed ({type(error).__name__}): see the server log", 500) from None
-            finally:
-                _release_freed_memory()
-            logger.info("%s %s served in %.2f s", request.method, request.url.path, time.perf_counter() - started)
-            return result
-
-        try:
-            return await self.queue.run(request.state.ticket, guarded)
-        finally:
-            cancel.set()  # a no-op once the job is done
-
-
-try:
-    _LIBC = ctypes.CDLL("libc.so.6")
-except OSError:  # not glibc (macOS, musl): nothing to trim
-    _LIBC = None
-
-
-def _release_freed_memory() -> None:
-    """glibc keeps what a request freed in per-thread arenas; trimming hands it back, so RSS tracks live memory."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def _service(request: Request) -> Service:
-    return request.app.state.service
-
-
-class InferenceRoute(APIRoute):
-    """Checks the API key, the model state and a queue place before the body is read; times the whole request."""
-
-    def get_route_handler(self) -> Callable[[Request], Any]:
-        handler = super().get_route_handler()
-
-        async def guarded(request: Request) -> Response:
-            service = _service(request)
-            service.authorize(request.headers.get("authorization"))
-            service.ready()
-            request.state.ticket = ticket = service.queue.admit(service.settings.retry_after_s)
-            try:
-                with anyio.fail_after(service.settings.request_timeout_s):
-                    return await handler(request)
-            except TimeoutError:
-                raise ServiceError(f"the request took longer than {service.settings.request_timeout_s:g} s "
-                                   "(REQUEST_TIMEOUT_S)", 504) from None
-            finally:
-                if not ticket.handed_off:
-                    ticket.free()
-
-        return guarded
-
-
-class BodyLimit:
-    """413 for a body over `max_bytes`: from Content-Length before reading, else as soon as the stream passes it."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        message = f"the request body is larger than {self.max_bytes} bytes (MAX_UPLOAD_BYTES)"
-        declared = Headers(scope=scope).get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            return await _error_response(RequestError(message, 413))(scope, receive, send)
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            event = await receive()
-            received += len(event.get("body", b"")) if event["type"] == "http.request" else 0
-            if received > self.max_bytes:
-                raise HTTPException(413, message)  # FastAPI's body parsing re-raises HTTPExceptions as they are
-            return event
-
-        await self.app(scope, limited_receive, send)
 
 
 def _error_response(error: RequestError) -> JSONResponse:
@@ -263,11 +44,7 @@ async def _request_error(request: Request, error: Exception) -> JSONResponse:
 async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     """FastAPI's own validation (form fields) in the RequestError shape, naming the first bad field."""
     assert isinstance(error, RequestValidationError)
-    first = error.errors()[0]
-    loc = [str(part) for part in first["loc"]]
-    field = ".".join(loc[1:] if loc and loc[0] in ("body", "query", "header", "path") else loc) or "body"
-    message = first["msg"].removeprefix("Value error, ")
-    return _error_response(RequestError(f"invalid parameter {field}: {message}", 422, field))
+    return _error_response(invalid_parameter(error.errors(), whole_path=True))
 
 
 async def _http_error(request: Request, error: Exception) -> JSONResponse:
@@ -301,7 +78,7 @@ _PREDICT_BODY = {"requestBody": {"required": True, "content": {
                             "`parameters`; parameters may also come in the query string (the body's win).")
 @inference.post("/predict", summary="Transcribe (Inference Endpoints contract)", openapi_extra=_PREDICT_BODY)
 async def predict(request: Request) -> JSONResponse:
-    pipeline = _service(request).ready()
+    pipeline = service_of(request).ready()
     query: dict[str, Any] = dict(request.query_params)
     media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media == "multipart/form-data":
@@ -331,7 +108,7 @@ async def predict(request: Request) -> JSONResponse:
     else:
         raise RequestError(f"unsupported Content-Type {media!r}: send application/json, audio/* or "
                            "multipart/form-data", 415, "Content-Type")
-    return JSONResponse(await _service(request).run(request, lambda cancel: pipeline.run(data(), cancel)))
+    return JSONResponse(await service_of(request).execute(request, lambda cancel: pipeline.handle(data(), cancel)))
 
 
 def _json(text: str | bytes, what: str, field: str | None = None) -> Any:
@@ -396,7 +173,7 @@ async def translations(request: Request, form: Annotated[OpenAIRequest, Depends(
 
 
 async def _openai(request: Request, form: OpenAIRequest, task: str) -> Response:
-    pipeline = _service(request).ready()
+    pipeline = service_of(request).ready()
     if form.stream:
         raise RequestError("stream is not supported: leave it unset or false", field="stream")
     words = "word" in form.timestamp_granularities
@@ -415,7 +192,7 @@ async def _openai(request: Request, form: OpenAIRequest, task: str) -> Response:
         return render(transcript, form.response_format, task, words)
 
     try:
-        out = await _service(request).run(request, job)
+        out = await service_of(request).execute(request, job)
     except RequestError as error:
         if error.field == "inputs":  # the audio arrives in the OpenAI form's `file` field
             error.field = "file"
@@ -427,7 +204,7 @@ async def _openai(request: Request, form: OpenAIRequest, task: str) -> Response:
 
 async def health(request: Request) -> JSONResponse:
     """503 while the models load, 500 when they could not be loaded, 200 with the model info once ready."""
-    service = _service(request)
+    service = service_of(request)
     if service.pipeline is None:
         if service.failed:
             return JSONResponse({"status": "failed", "error": "the models could not be loaded: see the server log"},

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,59 +12,15 @@ import numpy as np
 import torch
 
 from audio import SAMPLE_RATE, decode_audio, payload_bytes
-from config import (DEFAULT_ASR_MODEL, DEFAULT_ASSISTANT_MODEL, DEFAULT_DIARIZATION_MODEL, PROJECT_DIR, Cancelled,
-                    InferenceConfig, ModelSettings, RequestError, redact)
 from batching import WindowBatcher
+from config import (DEFAULT_ASR_MODEL, DEFAULT_ASSISTANT_MODEL, DEFAULT_DIARIZATION_MODEL, PROJECT_DIR,
+                    InferenceConfig, ModelSettings)
+from diarization_utils import diarize, load_diarizer, merge_speakers
+from errors import Cancelled, RequestError, redact
+from transcript import Segment, Transcript, Word, sentences
 from vad import SpeechDetector, group_windows
 
 logger = logging.getLogger(__name__)
-_SENTENCE_END = (".", "?", "!", "。", "？", "！")
-
-
-@dataclass
-class Word:
-    start: float
-    end: float
-    text: str
-    speaker: str | None = None
-
-
-@dataclass
-class Segment:
-    start: float
-    end: float
-    text: str
-    words: list[Word] = field(default_factory=list)
-    speaker: str | None = None
-
-
-@dataclass
-class Transcript:
-    text: str
-    segments: list[Segment]
-    duration: float
-    language: str | None = None
-    speakers: list[Segment] = field(default_factory=list)  # speaker-attributed segments; empty without diarization
-
-    def to_response(self, words: bool = False) -> dict[str, Any]:
-        """The Inference Endpoints contract: text, timestamped chunks, speakers (and words when asked)."""
-        response: dict[str, Any] = {
-            "text": self.text,
-            "chunks": [{"timestamp": [s.start, s.end], "text": s.text} for s in self.segments],
-            "speakers": [_speaker_dict(s, words) for s in self.speakers],
-            "language": self.language,
-            "duration": round(self.duration, 3),
-        }
-        if words:
-            response["words"] = [asdict(w) for s in self.segments for w in s.words]
-        return response
-
-
-def _speaker_dict(segment: Segment, words: bool) -> dict[str, Any]:
-    out = {"speaker": segment.speaker, "timestamp": [segment.start, segment.end], "text": segment.text}
-    if words:
-        out["words"] = [asdict(w) for w in segment.words]
-    return out
 
 
 def cpu_has_bf16() -> bool:
@@ -77,9 +32,8 @@ def cpu_has_bf16() -> bool:
 def drafting_pays(main: Any, assistant: Any) -> bool:
     """Whether a draft step is cheap enough against a main step (two Whisper configs) for speculative decoding to win.
 
-    A GPU decoding step costs about what the decoder's layer count says (H200, fp16: tiny.en's 4 layers cost 0.71 of
-    base's 6, distil-large-v3's 2 cost 0.095 of large-v3's 32), and drafting with tiny.en made base's requests 2.8x
-    slower there: drafts must cost at most a quarter of a main step (scripts/bench_assisted.py, docs/benchmarks.md).
+    A GPU decoding step costs about what the decoder's layer count says, and a draft must cost at most a quarter of
+    a main step to pay (figures: docs/benchmarks.md, "Speculative decoding").
     """
     return assistant.decoder_layers * 4 <= main.decoder_layers
 
@@ -97,7 +51,7 @@ def _device_and_dtype(settings: ModelSettings) -> tuple[torch.device, torch.dtyp
 
 
 class SpeechPipeline:
-    """Loads the models once; `run(data)` serves one request of the Inference Endpoints contract."""
+    """Loads the models once; `handle(data)` serves one request of the Inference Endpoints contract."""
 
     def __init__(self, settings: ModelSettings | None = None, base_dir: str | Path | None = None):
         from transformers.utils import logging as transformers_logging
@@ -123,21 +77,15 @@ class SpeechPipeline:
         self.diarizer = None
         diarization_model = self._resolve_optional(self.settings.diarization_model, DEFAULT_DIARIZATION_MODEL, base)
         if diarization_model:
-            from diarization_utils import load_diarizer
-
             self.diarizer = load_diarizer(diarization_model, token, self.device)
         self._lock = threading.Lock()  # one forward pass at a time: transformers models are not re-entrant
         self._diarization_lock = threading.Lock()  # pyannote pipelines keep state between calls too
         wait_s = self.settings.batch_wait_ms / 1000
-        self._batcher = WindowBatcher(self._forward, wait_s=wait_s, arrival_wait_s=0.3 if wait_s else 0.0)
+        self._batcher = WindowBatcher(self._forward, wait_s=wait_s,
+                                      arrival_wait_s=self.settings.batch_arrival_wait_ms / 1000 if wait_s else 0.0)
         logger.info("loaded %s on %s/%s in %.1f s (assistant: %s, drafting pays: %s, diarization: %s)", asr_model,
                     self.device, self.dtype, time.perf_counter() - started, bool(self.assistant_kwargs),
                     self.drafting_pays, bool(self.diarizer))
-
-    @property
-    def batcher(self) -> WindowBatcher:
-        """The dynamic batcher (its `arrival_wait_s` may be tuned while serving)."""
-        return self._batcher
 
     def _load_asr(self, name: str, token: str | None) -> Any:
         from transformers import AutoConfig, AutoFeatureExtractor, AutoTokenizer, pipeline
@@ -218,8 +166,8 @@ class SpeechPipeline:
 
     def use_assistant(self, config: InferenceConfig, windows: int) -> bool:
         """`assisted: auto` drafts only where it was measured to win: a GPU, an assistant whose decoder has at most
-        a quarter of the main one's layers, one short window, batch of one (docs/benchmarks.md: on CPUs, and on an
-        H200 with tiny.en drafting for base, drafting made requests 2.8-4.4x slower)."""
+        a quarter of the main one's layers, one short window, batch of one (docs/benchmarks.md: elsewhere drafting
+        made requests slower)."""
         if config.assisted != "auto":
             return bool(config.assisted)
         return (self.drafting_pays and self.device.type == "cuda" and windows == 1
@@ -233,7 +181,7 @@ class SpeechPipeline:
             raise RequestError(f"unknown language {language!r}: use a code such as 'en' or 'de'", 422, "language")
         return code
 
-    def run(self, data: Any, cancel: threading.Event | None = None) -> dict[str, Any]:
+    def handle(self, data: Any, cancel: threading.Event | None = None) -> dict[str, Any]:
         """Serve one request: {"inputs": base64 or bytes, "parameters": {...}} -> response dict."""
         transcript, config = self.transcribe_request(data, cancel)
         return transcript.to_response(words=config.return_timestamps == "word")
@@ -269,8 +217,6 @@ class SpeechPipeline:
         transcript = Transcript(text=text, segments=segments, duration=duration,
                                 language=generate_kwargs.get("language") or (None if self.multilingual else "en"))
         if self.diarizer is not None and config.diarization:
-            from diarization_utils import diarize, merge_speakers
-
             with self._diarization_lock:
                 turns = diarize(self.diarizer, audio, config, cancel)
             transcript.speakers = merge_speakers(turns, segments, by_word=config.return_timestamps == "word")
@@ -304,7 +250,7 @@ class SpeechPipeline:
             chunks = [(_clock(c["timestamp"][0], start, start, end), _clock(c["timestamp"][1], end, start, end),
                        c["text"]) for c in output.get("chunks", []) if c["text"]]
             if word_level:
-                segments.extend(_sentences([Word(s, e, t) for s, e, t in chunks]))
+                segments.extend(sentences([Word(s, e, t) for s, e, t in chunks]))
             else:
                 segments.extend(Segment(s, e, t) for s, e, t in chunks)
         return segments
@@ -328,21 +274,3 @@ def _check(cancel: threading.Event) -> None:
 def _clock(offset: float | None, fallback: float, start: float, end: float) -> float:
     """A window-relative time as seconds of the original audio, kept inside the window."""
     return round(fallback if offset is None else min(end, start + offset), 3)
-
-
-def _sentences(words: list[Word]) -> list[Segment]:
-    """Group word chunks (one window's) into sentence segments."""
-    segments: list[Segment] = []
-    current: list[Word] = []
-    for word in words:
-        current.append(word)
-        if word.text.rstrip().endswith(_SENTENCE_END):
-            segments.append(_segment_of(current))
-            current = []
-    if current:
-        segments.append(_segment_of(current))
-    return segments
-
-
-def _segment_of(words: list[Word]) -> Segment:
-    return Segment(words[0].start, words[-1].end, "".join(w.text for w in words), list(words))

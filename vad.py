@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-SAMPLE_RATE = 16000
+from audio import SAMPLE_RATE
 Window = tuple[float, float]
 
 

@@ -1,10 +1,10 @@
 """The Whisper model class the ASR pipeline runs: the same weights and greedy results, less work per request.
 
-Measured on a 2-core CPU (docs/benchmarks.md): transformers' `generate()` runs the encoder twice when it has
-to detect the language; fp32 decoding steps spent most of their time in products of a few rows with weights read
-from memory, which MKL streams 3-5x slower in the layout `nn.Linear` uses than transposed, and about 1 ms a step
-rebuilding the suppress-token mask; and word timestamps left the model on eager attention for good. In bf16 on
-CPU, torch's SDPA kernel took 1.3 ms for one decoding query over the 1500 encoder frames, two matmuls 0.18 ms.
+What it changes and why: transformers' `generate()` runs the encoder twice when it has to detect the language;
+fp32 decoding steps are dominated by products of a few rows with weights streamed from memory, which MKL does
+faster in the transposed layout; the suppress-token mask was rebuilt every step; word timestamps left the model
+on eager attention for good; and torch's CPU SDPA kernel is slow for one bf16 query over the encoder frames.
+The measured effect of each: docs/benchmarks.md, "What made it faster".
 """
 
 from __future__ import annotations

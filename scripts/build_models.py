@@ -12,12 +12,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the flat top-level modules
 
-from scripts.convert_ct2_whisper import convert  # noqa: E402
+from scripts.convert_ct2_whisper import convert
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -54,7 +52,7 @@ def build(out: Path, force: bool = False) -> list[Path]:
         print(f"built {target}")
         built.append(target)
     diarization = out / "diarization"
-    from diarization_models import build_offline_pipeline
+    from offline_diarizer import build_offline_pipeline
 
     build_offline_pipeline(diarization)  # a few MB in seconds: always rebuilt, so tuned settings reach old set-ups
     print(f"built {diarization}")

@@ -7,7 +7,8 @@
 The request is the JSON contract {"inputs": <base64 audio>, "parameters": {...}}. A token is sent as
 `Authorization: Bearer` when HF_TOKEN (or API_KEY) is set in the environment. --via requests posts it with
 `requests`; --via hf goes through huggingface_hub.InferenceClient(model=URL).automatic_speech_recognition.
---format srt/vtt builds subtitles from the response's `speakers` (with speaker labels) or else its `chunks`.
+--format srt/vtt builds subtitles from the response's `chunks` (with their speaker labels when diarized), with
+the server's subtitle writer (formats.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+
+import formats
+from transcript import Transcript
 
 DEFAULT_URL = "http://127.0.0.1:8000/predict"  # the local server's route; an Inference Endpoint takes its root URL
 
@@ -53,55 +57,18 @@ def transcribe_hf(audio: bytes, url: str, parameters: dict[str, Any], timeout: f
     # InferenceClient posts raw audio when there are no parameters; a non-empty extra_body keeps the JSON
     # contract, which every server of this repo accepts (return_timestamps "segment" is the default anyway)
     output = client.automatic_speech_recognition(audio, extra_body=parameters or {"return_timestamps": "segment"})
-    return json.loads(json.dumps(output, default=dict))  # the output is a dict subclass holding extra fields too
-
-
-def _clock(seconds: float, separator: str) -> str:
-    millis = int(round(max(seconds, 0.0) * 1000))
-    hours, rest = divmod(millis, 3_600_000)
-    minutes, rest = divmod(rest, 60_000)
-    return f"{hours:02d}:{minutes:02d}:{rest // 1000:02d}{separator}{rest % 1000:03d}"
-
-
-def cues(response: dict[str, Any]) -> list[tuple[float, float, str]]:
-    """(start, end, text) per subtitle from the response JSON: speaker segments when diarized, else the chunks.
-
-    The server renders subtitles with formats.py from a Transcript; a client only has the JSON (and importing
-    formats would pull in torch), so this is the minimal conversion, with the same "[SPEAKER] text" labels.
-    """
-    items = response.get("speakers") or response.get("chunks") or []
-    out = []
-    for index, item in enumerate(items):
-        start, end = (list(item.get("timestamp") or []) + [None, None])[:2]
-        start = float(start or 0.0)
-        if end is None:  # an open last chunk runs to the next one, or to the end of the audio
-            following = items[index + 1]["timestamp"][0] if index + 1 < len(items) else response.get("duration")
-            end = following if following is not None else start
-        text = " ".join(str(item.get("text") or "").replace("-->", "->").split())  # a blank line would end the cue
-        if text:
-            out.append((start, float(end), f"[{item['speaker']}] {text}" if item.get("speaker") else text))
-    return out
-
-
-def to_srt(response: dict[str, Any]) -> str:
-    return "\n".join(f"{n}\n{_clock(start, ',')} --> {_clock(end, ',')}\n{text}\n"
-                     for n, (start, end, text) in enumerate(cues(response), 1))
-
-
-def to_vtt(response: dict[str, Any]) -> str:
-    escaped = [(start, end, text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
-               for start, end, text in cues(response)]
-    return "\n".join(["WEBVTT\n"] + [f"{_clock(start, '.')} --> {_clock(end, '.')}\n{text}\n"
-                                      for start, end, text in escaped])
+    # the output is a dict subclass holding extra fields too; its dict view of the chunks drops their extra fields
+    # (a diarized chunk's speaker), which the chunk objects keep
+    response = {**output, "chunks": [dict(chunk) for chunk in output.chunks or []]}
+    return json.loads(json.dumps(response, default=dict))
 
 
 def render(response: dict[str, Any], output_format: str) -> str:
+    """The response as text, JSON or subtitles; subtitles through formats.py, the server's one subtitle writer."""
     if output_format == "json":
         return json.dumps(response, indent=2, ensure_ascii=False)
-    if output_format == "srt":
-        return to_srt(response)
-    if output_format == "vtt":
-        return to_vtt(response)
+    if output_format in ("srt", "vtt"):
+        return formats.render(Transcript.from_response(response), output_format)
     return response.get("text", "")
 
 

@@ -10,6 +10,7 @@ extension loads (the matching build on a GPU image) is left alone, as is an envi
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import subprocess
 import sys
@@ -34,5 +35,6 @@ def strip_extension() -> list[Path]:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(prog="python -m scripts.torchaudio_cpu", description=__doc__.split("\n\n")[0]).parse_args()
     for path in strip_extension():
         print(f"removed {path}")

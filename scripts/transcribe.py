@@ -19,11 +19,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, TextIO
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the handler repo's flat modules
 
-from config import RequestError  # noqa: E402
-from formats import FORMATS, render  # noqa: E402
-from handler import EndpointHandler  # noqa: E402
+from errors import RequestError
+from formats import FORMATS, render
+from handler import EndpointHandler
 
 _SPINNER = "|/-\\"
 

@@ -6,7 +6,7 @@ import pytest
 from conftest import SAMPLE, b64, encode, tone
 
 from audio import SAMPLE_RATE, decode_audio, payload_bytes
-from config import RequestError
+from errors import RequestError
 
 
 def test_base64_bytes_and_data_uri_give_the_same_bytes(sample_bytes):

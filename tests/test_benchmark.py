@@ -1,4 +1,4 @@
-"""scripts/benchmark.py: arguments, audio, statistics, a bounded --local run on tiny random models, and a run
+"""benchmarks/benchmark.py: arguments, audio, statistics, a bounded --local run on tiny random models, and a run
 against the live server (loopback only)."""
 
 import asyncio
@@ -15,7 +15,7 @@ import pytest
 from conftest import MODELS, ROOT, SAMPLE, make_pipeline
 
 from audio import SAMPLE_RATE, decode_audio
-from scripts import benchmark
+from benchmarks import benchmark
 
 STAT_KEYS = {"avg", "min", "med", "max", "p90", "p95"}
 
@@ -152,7 +152,7 @@ def test_in_process_runner_with_a_pipeline_object(tiny_models):
     pipeline = make_pipeline(tiny_models["main"], tiny_models["draft"])
     clips = {"short": np.zeros(SAMPLE_RATE, np.float32)}
     scenarios = benchmark.build_scenarios(["short"], clips, {"vad": False})
-    results = asyncio.run(benchmark.run_benchmark(benchmark.LocalTarget(pipeline.run), scenarios, users=1,
+    results = asyncio.run(benchmark.run_benchmark(benchmark.LocalTarget(pipeline.handle), scenarios, users=1,
                                                   iterations=2, duration=None, warmup=1))
     assert results[0]["requests"] == 2 and results[0]["failures"] == 0
 
@@ -243,7 +243,7 @@ def test_benchmark_against_the_live_server(live_server, monkeypatch, tmp_path):
 
 
 def test_bench_concurrency_compares_arrival_waits_on_tiny_models(tiny_models, monkeypatch, tmp_path):
-    from scripts import bench_concurrency
+    from benchmarks import bench_concurrency
 
     monkeypatch.setenv("ASR_MODEL", str(tiny_models["main"]))
     out = tmp_path / "concurrency.json"
@@ -258,7 +258,7 @@ def test_bench_concurrency_compares_arrival_waits_on_tiny_models(tiny_models, mo
 
 
 def test_bench_assisted_prices_a_deep_main_model_and_a_shallow_draft(tiny_models, tmp_path):
-    from scripts import bench_assisted
+    from benchmarks import bench_assisted
 
     out = tmp_path / "assisted.json"
     report = bench_assisted.main(["--pairs", f"{tiny_models['main_deep']}:{tiny_models['draft']}", "--device", "cpu",
@@ -273,14 +273,14 @@ def test_bench_assisted_prices_a_deep_main_model_and_a_shallow_draft(tiny_models
 
 
 def test_bench_assisted_refuses_an_unknown_model(capsys):
-    from scripts import bench_assisted
+    from benchmarks import bench_assisted
 
     with pytest.raises(SystemExit, match="neither a model directory nor one of large-v3"):
         bench_assisted.main(["--pairs", "no-such-model:tiny", "--device", "cpu"])
 
 
 def test_bench_first_batch_runs_each_batch_size_as_asked(tiny_models, monkeypatch, tmp_path):
-    from scripts import bench_first_batch
+    from benchmarks import bench_first_batch
 
     monkeypatch.setenv("ASR_MODEL", str(tiny_models["main"]))
     out = tmp_path / "first.json"

@@ -12,10 +12,10 @@ from scripts import client
 
 RESPONSE = {
     "text": "Hello and welcome. This is a test.",
-    "chunks": [{"timestamp": [0.0, 1.52], "text": " Hello and welcome."},
-               {"timestamp": [1.52, None], "text": " This is a test."}],
+    "chunks": [{"timestamp": [0.0, 1.52], "text": " Hello and welcome.", "speaker": "SPEAKER_00"},
+               {"timestamp": [1.52, None], "text": " This is a test.", "speaker": "SPEAKER_01"}],
     "speakers": [{"speaker": "SPEAKER_00", "timestamp": [0.0, 1.52], "text": " Hello and welcome."},
-                 {"speaker": "SPEAKER_01", "timestamp": [1.52, 3725.25], "text": " This is a test."}],
+                 {"speaker": "SPEAKER_01", "timestamp": [1.52, 3.2], "text": " This is a test."}],
     "language": "en",
     "duration": 3.2,
 }
@@ -100,11 +100,11 @@ def test_srt_and_vtt_carry_speaker_labels(server, capsys, via):
     assert client.main([str(SAMPLE), "--url", f"{url}/predict", "--via", via, "--format", "srt"]) == 0
     assert capsys.readouterr().out == (
         "1\n00:00:00,000 --> 00:00:01,520\n[SPEAKER_00] Hello and welcome.\n\n"
-        "2\n00:00:01,520 --> 01:02:05,250\n[SPEAKER_01] This is a test.\n\n")
+        "2\n00:00:01,520 --> 00:00:03,200\n[SPEAKER_01] This is a test.\n\n")  # an open end: the audio's
     assert client.main([str(SAMPLE), "--url", f"{url}/predict", "--via", via, "--format", "vtt"]) == 0
     assert capsys.readouterr().out == (
         "WEBVTT\n\n00:00:00.000 --> 00:00:01.520\n[SPEAKER_00] Hello and welcome.\n\n"
-        "00:00:01.520 --> 01:02:05.250\n[SPEAKER_01] This is a test.\n\n")
+        "00:00:01.520 --> 00:00:03.200\n[SPEAKER_01] This is a test.\n\n")
 
 
 def test_json_output_keeps_every_field_through_both_clients(server, capsys):
@@ -114,14 +114,15 @@ def test_json_output_keeps_every_field_through_both_clients(server, capsys):
         assert json.loads(capsys.readouterr().out) == RESPONSE
 
 
-def test_without_speakers_subtitles_come_from_the_chunks():
-    response = {**RESPONSE, "speakers": []}
-    assert client.to_srt(response) == (
+def test_without_speakers_subtitles_have_no_labels():
+    response = {**RESPONSE, "chunks": [{k: v for k, v in c.items() if k != "speaker"} for c in RESPONSE["chunks"]],
+                "speakers": []}
+    assert client.render(response, "srt") == (
         "1\n00:00:00,000 --> 00:00:01,520\nHello and welcome.\n\n"
         "2\n00:00:01,520 --> 00:00:03,200\nThis is a test.\n")  # an open end runs to the end of the audio
-    assert client.to_vtt({"text": "", "chunks": [], "speakers": []}) == "WEBVTT\n"
+    assert client.render({"text": "", "chunks": [], "speakers": []}, "vtt") == "WEBVTT\n"
     odd = {"chunks": [{"timestamp": [0.0, 1.0], "text": " a <b> &\n\n c --> d"}]}
-    assert client.to_vtt(odd) == "WEBVTT\n\n00:00:00.000 --> 00:00:01.000\na &lt;b&gt; &amp; c -&gt; d\n"
+    assert client.render(odd, "vtt") == "WEBVTT\n\n00:00:00.000 --> 00:00:01.000\na &lt;b&gt; &amp; c -&gt; d\n"
 
 
 @pytest.mark.parametrize("via", ["requests", "hf"])

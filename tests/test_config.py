@@ -2,7 +2,8 @@ import logging
 
 import pytest
 
-from config import InferenceConfig, ModelSettings, RequestError
+from config import InferenceConfig, ModelSettings
+from errors import RequestError
 
 
 def test_defaults_match_the_contract():

@@ -12,7 +12,7 @@ from conftest import MODELS, ROOT, b64, encode, make_pipeline
 from audio import decode_audio
 from config import InferenceConfig
 from diarization_utils import diarize, load_diarizer
-from scripts.bench_diarization import long_recording, speaker_time_accuracy
+from benchmarks.bench_diarization import long_recording, speaker_time_accuracy
 
 TWO_SPEAKERS = ROOT / "samples" / "two_speakers.ogg"
 REFERENCE = json.loads((ROOT / "samples" / "two_speakers.json").read_text())["turns"]
@@ -38,7 +38,7 @@ def random_pyannote(tmp_path_factory):
     from pyannote.audio.models.embedding import WeSpeakerResNet34
     from pyannote.audio.models.segmentation import PyanNet
 
-    from diarization_models import write_pipeline
+    from offline_diarizer import write_pipeline
 
     torch.manual_seed(0)
     segmentation = PyanNet(sincnet={"stride": 10}, lstm={"hidden_size": 128, "num_layers": 4, "bidirectional": True,
@@ -111,7 +111,7 @@ def words(text: str) -> str:
 
 
 def test_handler_attributes_each_turn_to_its_speaker(diarized):
-    out = diarized.run({"inputs": b64(TWO_SPEAKERS.read_bytes()), "parameters": {"language": "en"}})
+    out = diarized.handle({"inputs": b64(TWO_SPEAKERS.read_bytes()), "parameters": {"language": "en"}})
     speakers = out["speakers"]
     assert len(speakers) == len(REFERENCE)
     labels = {}
@@ -124,7 +124,7 @@ def test_handler_attributes_each_turn_to_its_speaker(diarized):
 
 
 def test_word_level_speakers(diarized):
-    out = diarized.run({"inputs": TWO_SPEAKERS.read_bytes(),
+    out = diarized.handle({"inputs": TWO_SPEAKERS.read_bytes(),
                         "parameters": {"language": "en", "return_timestamps": "word", "num_speakers": 2}})
     mapping, correct = {}, 0
     for word in out["words"]:
@@ -138,9 +138,9 @@ def test_word_level_speakers(diarized):
 
 
 def test_diarization_can_be_skipped_and_silence_has_no_speakers(diarized):
-    out = diarized.run({"inputs": TWO_SPEAKERS.read_bytes(), "parameters": {"diarization": False}})
+    out = diarized.handle({"inputs": TWO_SPEAKERS.read_bytes(), "parameters": {"diarization": False}})
     assert out["speakers"] == [] and out["text"]
-    silent = diarized.run({"inputs": encode(np.zeros(16000 * 5, np.float32), 16000, "wav", "pcm_s16le")})
+    silent = diarized.handle({"inputs": encode(np.zeros(16000 * 5, np.float32), 16000, "wav", "pcm_s16le")})
     assert silent["text"] == "" and silent["speakers"] == []
 
 
@@ -153,7 +153,7 @@ def test_two_minutes_of_two_voices_give_two_speakers(offline_default):
 
 
 def test_bench_diarization_reports_time_shares_and_accuracy(monkeypatch):
-    from scripts import bench_diarization
+    from benchmarks import bench_diarization
 
     monkeypatch.setenv("ASR_MODEL", str(MODELS / "whisper-base"))
     monkeypatch.setenv("DIARIZATION_MODEL", str(MODELS / "diarization"))

@@ -26,7 +26,7 @@ def real():
 
 
 def test_sample_transcribes_to_the_expected_words(real, sample_bytes):
-    out = real.run({"inputs": b64(sample_bytes)})
+    out = real.handle({"inputs": b64(sample_bytes)})
     assert wer(SAMPLE_TEXT, out["text"]) <= 0.1, out["text"]
     assert out["chunks"][0]["timestamp"][0] < 0.5 and 9.5 < out["chunks"][-1]["timestamp"][1] <= out["duration"]
 
@@ -35,8 +35,8 @@ def test_stereo_44k_mp3_gives_the_same_words_as_the_16k_flac(real, sample_bytes)
     audio = decode_audio(sample_bytes)
     upsampled = np.interp(np.arange(0, len(audio), 16000 / 44100), np.arange(len(audio)), audio).astype(np.float32)
     mp3 = encode(upsampled, 44100, "mp3", "libmp3lame", channels=2)
-    from_flac = real.run({"inputs": sample_bytes})
-    from_mp3 = real.run({"inputs": b64(mp3), "parameters": {"sampling_rate": 8000}})  # ignored for containers
+    from_flac = real.handle({"inputs": sample_bytes})
+    from_mp3 = real.handle({"inputs": b64(mp3), "parameters": {"sampling_rate": 8000}})  # ignored for containers
     # bf16 (the default on CPUs with bf16 instructions) may flip the sample's one near-tie ("the weather" /
     # "but whether") between encodings; anything more is a decoding fault
     assert wer(from_flac["text"], from_mp3["text"]) <= 0.1 and wer(SAMPLE_TEXT, from_mp3["text"]) <= 0.1
@@ -45,13 +45,13 @@ def test_stereo_44k_mp3_gives_the_same_words_as_the_16k_flac(real, sample_bytes)
 
 def test_assisted_with_tiny_en_equals_plain_greedy(real, sample_bytes):
     assert "assistant_tokenizer" in real.assistant_kwargs  # base and tiny.en do not share a vocabulary
-    plain = real.run({"inputs": sample_bytes, "parameters": {"batch_size": 1}})
-    assisted = real.run({"inputs": sample_bytes, "parameters": {"assisted": True}})
+    plain = real.handle({"inputs": sample_bytes, "parameters": {"batch_size": 1}})
+    assisted = real.handle({"inputs": sample_bytes, "parameters": {"assisted": True}})
     assert assisted == plain
 
 
 def test_word_timestamps_follow_the_speech(real, sample_bytes):
-    out = real.run({"inputs": sample_bytes, "parameters": {"return_timestamps": "word"}})
+    out = real.handle({"inputs": sample_bytes, "parameters": {"return_timestamps": "word"}})
     hello = out["words"][0]
     assert words(hello["text"]) == "hello" and hello["start"] < 0.5 and hello["end"] < 1.0
     starts = [w["start"] for w in out["words"]]
@@ -60,13 +60,13 @@ def test_word_timestamps_follow_the_speech(real, sample_bytes):
 
 def test_bf16_is_no_less_accurate_than_fp32_on_the_sample(real, sample_bytes):
     """The CPU default where bf16 instructions exist: its words on the sample are fp32's, or closer to the text
-    (`scripts/accuracy.py` compares the two over 24 clips), and its word timestamps follow the speech."""
+    (`benchmarks/accuracy.py` compares the two over 24 clips), and its word timestamps follow the speech."""
     import torch
 
     fast = make_pipeline(MODELS / "whisper-base", dtype="bfloat16")
     assert fast.asr.model.dtype == torch.bfloat16
-    reference = real.run({"inputs": sample_bytes, "parameters": {"return_timestamps": "word"}})
-    out = fast.run({"inputs": sample_bytes, "parameters": {"return_timestamps": "word"}})
+    reference = real.handle({"inputs": sample_bytes, "parameters": {"return_timestamps": "word"}})
+    out = fast.handle({"inputs": sample_bytes, "parameters": {"return_timestamps": "word"}})
     assert wer(SAMPLE_TEXT, out["text"]) <= wer(SAMPLE_TEXT, reference["text"]), out["text"]
     assert len(out["words"]) == len(reference["words"])
     assert max(abs(ours["start"] - theirs["start"]) for ours, theirs in zip(out["words"], reference["words"])) < 0.2
@@ -75,17 +75,17 @@ def test_bf16_is_no_less_accurate_than_fp32_on_the_sample(real, sample_bytes):
 def test_silence_and_noise_give_an_empty_transcript(real):
     rng = np.random.default_rng(0)
     for audio in (np.zeros(16000 * 20, np.float32), (0.01 * rng.standard_normal(16000 * 20)).astype(np.float32)):
-        out = real.run({"inputs": encode(audio, 16000, "wav", "pcm_s16le")})
+        out = real.handle({"inputs": encode(audio, 16000, "wav", "pcm_s16le")})
         assert out["text"] == "" and out["chunks"] == []
 
 
 def test_no_hallucinated_repetition_on_a_real_phone_call(real):
     """pyannote's sample.wav: 30 s of a real two-speaker call, 6.7 s of silence before the first word.
     Plain greedy whisper-base repeats its last 15 s of text here (WER 0.53); the VAD windows must not."""
-    from scripts.accuracy import phone_call
+    from benchmarks.accuracy import phone_call
 
     audio, reference = phone_call()
-    out = real.run({"inputs": encode(audio, 16000, "wav", "pcm_s16le"), "parameters": {"language": "en"}})
+    out = real.handle({"inputs": encode(audio, 16000, "wav", "pcm_s16le"), "parameters": {"language": "en"}})
     assert wer(reference, out["text"]) < 0.2, out["text"]
     assert out["text"].count("originally from Chicago") <= 2  # said twice in the call, no more
 
@@ -100,7 +100,7 @@ def test_fast_whisper_gives_the_stock_models_outputs(real, sample_bytes):
                                                                   attn_implementation="sdpa")
     stock = pipeline("automatic-speech-recognition", model=stock_model.eval(), tokenizer=real.asr.tokenizer,
                      feature_extractor=real.asr.feature_extractor, device="cpu")
-    from scripts.bench_diarization import long_recording
+    from benchmarks.bench_diarization import long_recording
 
     audio = decode_audio(sample_bytes)
     # a VAD window of the 10-minute benchmark whose text ends before the window does: generate() decodes a
@@ -123,8 +123,8 @@ def test_fast_whisper_gives_the_stock_models_outputs(real, sample_bytes):
 
 
 def test_a_prompt_steers_the_style_and_keeps_the_words(real, sample_bytes):
-    plain = real.run({"inputs": sample_bytes, "parameters": {"language": "en"}})["text"]
-    styled = real.run({"inputs": sample_bytes, "parameters": {
+    plain = real.handle({"inputs": sample_bytes, "parameters": {"language": "en"}})["text"]
+    styled = real.handle({"inputs": sample_bytes, "parameters": {
         "language": "en", "prompt": "um so uh we recorded this like at noon"}})["text"]
     assert re.search(r"[A-Z.]", plain) and not re.search(r"[A-Z.,]", styled), styled  # lower case, unpunctuated
     assert words(styled) == words(plain) and "noon" not in styled  # the prompt is context, not output

@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from audio import decode_audio, payload_bytes
-from config import InferenceConfig, RequestError
+from config import InferenceConfig
+from errors import RequestError
 from server import ServerSettings, create_app
 
 FIELDS = sorted(InferenceConfig.model_fields)

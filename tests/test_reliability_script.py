@@ -1,4 +1,4 @@
-"""scripts/reliability.py end to end with tiny sizes: a real Uvicorn server on 127.0.0.1, the report's fields."""
+"""benchmarks/reliability.py end to end with tiny sizes: a real Uvicorn server on 127.0.0.1, the report's fields."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_reliability_script_reports_no_crash_and_no_5xx(tmp_path):
     out = tmp_path / "report.json"
-    run = subprocess.run([sys.executable, "scripts/reliability.py", "--fuzz", "30", "--load", "8", "--concurrency", "4",
-                          "--burst", "4", "--seed", "1", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=240)
+    run = subprocess.run([sys.executable, "-m", "benchmarks.reliability", "--fuzz", "30", "--load", "8",
+                          "--concurrency", "4", "--burst", "4", "--seed", "1", "--out", str(out)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
     fuzz, load = report["fuzz"], report["load"]

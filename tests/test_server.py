@@ -14,6 +14,7 @@ import webvtt
 from conftest import b64, encode, make_pipeline, tone
 from fastapi.testclient import TestClient
 
+import admission
 import server
 from audio import decode_audio
 from config import InferenceConfig
@@ -50,10 +51,10 @@ class Hooked:
     def __getattr__(self, name):
         return getattr(self._pipeline, name)
 
-    def run(self, data, cancel=None):
+    def handle(self, data, cancel=None):
         if self._hook:
             self._hook()
-        return self._pipeline.run(data, cancel)
+        return self._pipeline.handle(data, cancel)
 
     def transcribe_request(self, data, cancel=None):
         if self._hook:
@@ -104,11 +105,11 @@ def test_openapi_docs_list_every_route(client):
 def test_json_body_gives_the_handler_output(client, tiny, wav, path):
     response = client.post(path, json={"inputs": b64(wav), "parameters": NO_VAD})
     assert response.status_code == 200
-    assert response.json() == tiny.run({"inputs": wav, "parameters": NO_VAD})
+    assert response.json() == tiny.handle({"inputs": wav, "parameters": NO_VAD})
 
 
 def test_raw_audio_body_takes_parameters_from_the_query_string(client, tiny, wav):
-    expected = tiny.run({"inputs": wav, "parameters": {**NO_VAD, "return_timestamps": "word", "batch_size": 2}})
+    expected = tiny.handle({"inputs": wav, "parameters": {**NO_VAD, "return_timestamps": "word", "batch_size": 2}})
     response = client.post("/?vad=false&return_timestamps=word&batch_size=2", content=wav,
                            headers={"Content-Type": "audio/wav"})
     assert response.status_code == 200 and response.json() == expected and "words" in expected
@@ -124,7 +125,7 @@ def test_multipart_file_and_parameters(client, tiny, wav):
     response = client.post("/", files={"file": ("a.wav", wav, "audio/wav")},
                            data={"parameters": json.dumps({"return_timestamps": "word"}), "vad": "false"})
     assert response.status_code == 200
-    assert response.json() == tiny.run({"inputs": wav, "parameters": {**NO_VAD, "return_timestamps": "word"}})
+    assert response.json() == tiny.handle({"inputs": wav, "parameters": {**NO_VAD, "return_timestamps": "word"}})
 
 
 @pytest.mark.parametrize("kwargs, status, field, needle", [
@@ -373,7 +374,7 @@ def test_health_is_503_while_loading_then_ok(tiny, wav, monkeypatch):
         loaded.wait(30)
         return tiny
 
-    monkeypatch.setattr(server, "SpeechPipeline", slow_load)
+    monkeypatch.setattr(admission, "SpeechPipeline", slow_load)
     with TestClient(create_app(None, ServerSettings(retry_after_s=3))) as client:
         loading = client.get("/health")
         assert loading.status_code == 503 and loading.json() == {"status": "loading"}
@@ -393,7 +394,7 @@ def test_failed_load_is_reported_without_the_token(monkeypatch, caplog):
         raise RuntimeError("could not load ASR_MODEL 'x': 401 for token hf_leaky999")
 
     monkeypatch.setenv("HF_TOKEN", "hf_leaky999")
-    monkeypatch.setattr(server, "SpeechPipeline", broken)
+    monkeypatch.setattr(admission, "SpeechPipeline", broken)
     with caplog.at_level(logging.ERROR), TestClient(create_app(None, ServerSettings())) as client:
         deadline = time.monotonic() + 10
         while client.get("/health").status_code == 503 and time.monotonic() < deadline:
@@ -418,15 +419,13 @@ def test_module_app_is_built_lazily():
 
 
 def test_each_transcription_hands_freed_memory_back(tiny, wav, monkeypatch):
-    import server
-
     trims = []
 
     class Libc:
         def malloc_trim(self, pad):
             trims.append(pad)
 
-    monkeypatch.setattr(server, "_LIBC", Libc())
+    monkeypatch.setattr(admission, "_LIBC", Libc())
     with TestClient(create_app(tiny, ServerSettings())) as client:
         assert client.post("/", json={"inputs": b64(wav), "parameters": NO_VAD}).status_code == 200
         assert client.post("/", json={"inputs": "not base64!"}).status_code == 400

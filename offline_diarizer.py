@@ -26,7 +26,8 @@ from pyannote.audio import Model  # noqa: E402
 from pyannote.audio.core.task import Problem, Resolution, Specifications  # noqa: E402
 from torch import nn  # noqa: E402
 
-SAMPLE_RATE = 16000
+from audio import SAMPLE_RATE  # noqa: E402
+
 _VAD_FRAME = 512  # samples per Silero frame at 16 kHz (32 ms)
 
 
@@ -182,8 +183,7 @@ def build_offline_pipeline(out: Path) -> Path:
     """The offline default: Silero segmentation + Resemblyzer embeddings in pyannote's SpeakerDiarization.
 
     2 s chunks every 0.5 s (pyannote's default step, 0.2 s, embeds each second 10 times: 2.5x the time for no gain);
-    threshold and cluster size chosen on 24 s, 2 min and 10 min of samples/two_speakers.ogg: 2 speakers found on
-    each (0.45, tuned on 24 s alone, found 15 in 10 min). See docs/benchmarks.md."""
+    threshold and cluster size chosen on 24 s, 2 min and 10 min of samples/two_speakers.ogg (docs/benchmarks.md)."""
     return write_pipeline(out, SileroSegmentation(duration=2.0), ResemblyzerEmbedding(),
                           clustering={"method": "centroid", "min_cluster_size": 12, "threshold": 0.6},
                           min_duration_off=0.3, segmentation_step=0.25)

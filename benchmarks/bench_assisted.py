@@ -1,6 +1,6 @@
 """What one decoding step costs a main model and its assistant here: can speculative decoding win at all?
 
-    python -m scripts.bench_assisted [--pairs models/whisper-base:models/whisper-tiny.en,large-v3:distil-large-v3]
+    python -m benchmarks.bench_assisted [--pairs models/whisper-base:models/whisper-tiny.en,large-v3:distil-large-v3]
         [--device cuda] [--dtype float16] [--drafts 5] [--steps 40] [--out docs/bench_assisted.json]
 
 A round of speculative decoding costs `drafts` assistant steps plus one main step over drafts + 1 tokens, and
@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from config import PROJECT_DIR  # noqa: E402
+from config import PROJECT_DIR
 
 # Hub configs of the checkpoints (d_model, decoder layers, heads, ffn, vocabulary); one encoder layer stands in for
 # the encoder, which a decoding step never runs.

@@ -1,6 +1,6 @@
 """Cost of diarization on a long two-speaker recording: ASR alone, diarization alone, the whole pipeline.
 
-    python -m scripts.bench_diarization --minutes 10 --out docs/bench_diarization.json
+    python -m benchmarks.bench_diarization --minutes 10 --out benchmarks/results/bench_diarization.json
 
 The recording is samples/two_speakers.ogg (two espeak voices taking turns, 24 s) repeated with 0.5 s pauses to
 --minutes; its reference turns repeat with it. Models come from ASR_MODEL and DIARIZATION_MODEL as in the
@@ -20,10 +20,9 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the handler repo's flat modules
 
-from audio import SAMPLE_RATE, decode_audio  # noqa: E402
-from config import PROJECT_DIR, InferenceConfig, ModelSettings  # noqa: E402
+from audio import SAMPLE_RATE, decode_audio
+from config import PROJECT_DIR, InferenceConfig, ModelSettings
 
 SAMPLE = PROJECT_DIR / "samples" / "two_speakers.ogg"
 GAP_SECONDS = 0.5

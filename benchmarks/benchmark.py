@@ -1,8 +1,8 @@
 """Load test: N virtual users send short (~8 s) and long (~60 s) audio, plain and assisted, and report latency.
 
-    python -m scripts.benchmark --url http://127.0.0.1:8000/predict --users 4 --duration 60 --out report.json
-    python -m scripts.benchmark --local --iterations 3                 # the handler in-process, no server
-    python -m scripts.benchmark --local --scenarios short,long --compare-faster-whisper --plot latency.png
+    python -m benchmarks.benchmark --url http://127.0.0.1:8000/predict --users 4 --duration 60 --out report.json
+    python -m benchmarks.benchmark --local --iterations 3                 # the handler in-process, no server
+    python -m benchmarks.benchmark --local --scenarios short,long --compare-faster-whisper --plot latency.png
 
 In the spirit of a k6 test: each scenario runs in turn with --users concurrent virtual users, each sending
 requests back to back for --duration seconds or --iterations times (always bounded: it stops by itself), and
@@ -36,11 +36,10 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the handler repo's flat modules
 
-from audio import SAMPLE_RATE, decode_audio  # noqa: E402
-from config import DEFAULT_ASR_MODEL, PROJECT_DIR, InferenceConfig  # noqa: E402
-from scripts.client import DEFAULT_URL, auth_headers, request_body  # noqa: E402
+from audio import SAMPLE_RATE, decode_audio
+from config import DEFAULT_ASR_MODEL, PROJECT_DIR, InferenceConfig
+from scripts.client import DEFAULT_URL, auth_headers, request_body
 
 SAMPLE = PROJECT_DIR / "samples" / "sample.flac"
 SCENARIOS = {"short": ("short", False), "short-assisted": ("short", True),
@@ -416,7 +415,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m scripts.benchmark", description=__doc__, allow_abbrev=False,
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.benchmark", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--url", default=DEFAULT_URL, help=f"endpoint to load (default: {DEFAULT_URL})")

@@ -1,6 +1,6 @@
 """What a batch size costs the first time it runs against the next times: the one-off costs of a fresh server.
 
-    python -m scripts.bench_first_batch [--windows 1,1,3,3,2,2,4,4,8,8,16,16] [--out first_batch.json]
+    python -m benchmarks.bench_first_batch [--windows 1,1,3,3,2,2,4,4,8,8,16,16] [--out first_batch.json]
 
 Each entry is one request of that many 30 s windows (the sample looped, VAD off, so all windows go through in one
 batch). A new batch size that is slow once and fast after shows a per-shape one-off cost; the first entry also pays
@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from config import InferenceConfig, ModelSettings  # noqa: E402
-from scripts.bench_assisted import synchronize  # noqa: E402
-from scripts.bench_concurrency import clips  # noqa: E402
+from config import InferenceConfig, ModelSettings
+from benchmarks.bench_assisted import synchronize
+from benchmarks.bench_concurrency import clips
 
 
 def main(argv: list[str] | None = None) -> dict:

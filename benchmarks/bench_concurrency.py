@@ -1,7 +1,7 @@
 """Dynamic batching, measured: N concurrent short requests against the same N one after another, in-process.
 
-    python -m scripts.bench_concurrency [--requests 8] [--seconds 8] [--arrival-wait 0,0.3 --repeats 3]
-        [--out docs/bench_concurrency.json]
+    python -m benchmarks.bench_concurrency [--requests 8] [--seconds 8] [--arrival-wait 0,0.3 --repeats 3]
+        [--out benchmarks/results/bench_concurrency.json]
 
 Prints both wall times, their ratio (sequential / concurrent: the aggregate speed-up) and whether every
 transcript is identical (with both texts of each clip that is not). Uses the offline default ASR model (or
@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from audio import SAMPLE_RATE, decode_audio  # noqa: E402
-from config import ModelSettings  # noqa: E402
-from speech_pipeline import SpeechPipeline  # noqa: E402
+from audio import SAMPLE_RATE, decode_audio
+from config import ModelSettings
+from speech_pipeline import SpeechPipeline
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "sample.flac"
 
@@ -45,8 +43,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=1, help="concurrent runs per arrival wait")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    pipeline = SpeechPipeline(ModelSettings(assistant_model="", diarization_model=""))
     from config import InferenceConfig
+
+    waits = [float(x) for x in args.arrival_wait.split(",")] if args.arrival_wait else [None]
+    # the arrival wait is a setting (BATCH_ARRIVAL_WAIT_MS): one pipeline per value compared
+    pipelines = {wait: SpeechPipeline(ModelSettings(
+        assistant_model="", diarization_model="",
+        **({} if wait is None else {"batch_arrival_wait_ms": wait * 1000}))) for wait in waits}
+    pipeline = pipelines[waits[0]]
 
     config = InferenceConfig.parse({"language": "en", "diarization": False})
     audio = clips(args.requests, args.seconds)
@@ -54,16 +58,13 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     sequential = [pipeline.transcribe(clip, config).text for clip in audio]
     sequential_s = time.perf_counter() - started
-    waits = [float(x) for x in args.arrival_wait.split(",")] if args.arrival_wait else [None]
     runs: dict[str, list[float]] = {str(wait): [] for wait in waits}
     differing: dict[int, dict[str, str]] = {}  # clip -> both texts, so a changed transcript can be read
     for _ in range(args.repeats):
         for wait in waits:
-            if wait is not None:
-                pipeline.batcher.arrival_wait_s = wait
             started = time.perf_counter()
             with ThreadPoolExecutor(args.requests) as pool:
-                concurrent = [t.text for t in pool.map(lambda clip: pipeline.transcribe(clip, config), audio)]
+                concurrent = [t.text for t in pool.map(lambda clip: pipelines[wait].transcribe(clip, config), audio)]
             runs[str(wait)].append(round(time.perf_counter() - started, 2))
             differing.update({i: {"sequential": ours, "concurrent": theirs}
                               for i, (ours, theirs) in enumerate(zip(sequential, concurrent)) if ours != theirs})

@@ -1,6 +1,6 @@
 """Reliability run against a real Uvicorn server on 127.0.0.1 with tiny random Whisper models built in a temp dir.
 
-    .venv/bin/python scripts/reliability.py --fuzz 2000 --load 200 --concurrency 16 --out reliability.json
+    .venv/bin/python -m benchmarks.reliability --fuzz 2000 --load 200 --concurrency 16 --out reliability.json
 
 (a) fuzz: seeded junk requests (JSON, bodies, content types, corrupt audio) plus valid ones: counts connection
     errors (crashes), 5xx and 4xx without an "error" message; (b) load: valid short requests at a concurrency,
@@ -18,7 +18,6 @@ import os
 import random
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,10 +26,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # conftest's tiny-model builder and audio encoders
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import httpx  # noqa: E402
+import httpx
 
 FIELDS = ["task", "batch_size", "assisted", "chunk_length_s", "sampling_rate", "audio_format", "language",
           "return_timestamps", "vad", "diarization", "num_beams", "num_speakers", "min_speakers", "max_speakers"]
@@ -297,12 +295,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, help="write the report as JSON here")
     args = parser.parse_args(argv)
 
-    from conftest import MODELS, _tiny_whisper, encode, tone
+    from benchmarks.fixtures import MODELS, encode, tiny_whisper, tone
 
     report: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="reliability-") as tmp:
         tmp_path = Path(tmp)
-        model = _tiny_whisper(MODELS / "whisper-base", tmp_path / "main", 0)
+        model = tiny_whisper(MODELS / "whisper-base", tmp_path / "main", 0)
         encoded = {name: encode(tone(0.6, rate), rate, container, codec) for name, rate, container, codec in
                    [("wav", 16000, "wav", "pcm_s16le"), ("flac", 22050, "flac", "flac"),
                     ("mp3", 44100, "mp3", "libmp3lame"), ("ogg", 48000, "ogg", "libopus"),

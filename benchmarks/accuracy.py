@@ -1,6 +1,6 @@
 """Word error rate of each CPU precision against the reference texts: does a fast path cost accuracy?
 
-    python -m scripts.accuracy [--dtypes float32,bfloat16] [--out docs/accuracy.json]
+    python -m benchmarks.accuracy [--dtypes float32,bfloat16] [--out benchmarks/results/accuracy.json]
 
 The corpus: four recordings whose texts are known, `samples/sample.flac` (10.5 s), the same five times with pauses
 (55 s: several windows), `samples/two_speakers.ogg` (24 s) and the one recording of real people at hand,
@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from audio import SAMPLE_RATE, decode_audio  # noqa: E402
-from config import PROJECT_DIR, InferenceConfig, ModelSettings  # noqa: E402
-from scripts.benchmark import normalise_words as words  # noqa: E402
+from audio import SAMPLE_RATE, decode_audio
+from config import PROJECT_DIR, InferenceConfig, ModelSettings
+from benchmarks.benchmark import normalise_words as words
 
 SAMPLES = PROJECT_DIR / "samples"
 
