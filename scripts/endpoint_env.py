@@ -115,7 +115,7 @@ def resolve_on_image(python: Path, requirements: Path = PROJECT_DIR / "requireme
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m scripts.endpoint_env", description=__doc__.split("\n\n")[0])
     parser.add_argument("--requirements", type=Path, default=PROJECT_DIR / "requirements.txt")
     parser.add_argument("--toolkit", type=Path, default=TOOLKIT_DIR, help="huggingface-inference-toolkit source")
     parser.add_argument("--cache", type=Path, default=CACHE_DIR, help="where the keyed venvs live")
