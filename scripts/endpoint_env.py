@@ -14,7 +14,7 @@ setup.py), then its entrypoint runs `pip install -r requirements.txt` on top. He
    serves (an endpoint loads hub models instead);
 5. what only the CPU stand-in needs: the image's torchaudio 2.5.1 (pip resolves 2.11 beside torch 2.13, without
    the I/O API pyannote 3.x imports) without its compiled extension (`scripts.torchaudio_cpu`).
-Whether pip keeps the image's real torch and torchaudio is checked apart (`resolve_on_image`), from metadata.
+Whether pip would keep the image's real torch and torchaudio is checked apart (`image_conflicts`), from metadata.
 The venv lands in a cache directory keyed by a hash of the requirement files, the toolkit's setup.py and this
 file, so CI on the same machine builds it once; a build that did not finish is never reused.
 """
@@ -26,7 +26,6 @@ import ast
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -100,18 +99,31 @@ def build(requirements: Path = PROJECT_DIR / "requirements.txt", toolkit: Path =
     return venv
 
 
-def resolve_on_image(python: Path, requirements: Path = PROJECT_DIR / "requirements.txt") -> dict[str, str]:
-    """What `pip install -r requirements` would install beside the image's real torch and torchaudio, as
-    {normalised name: version}, resolved from package metadata only (no wheel is downloaded or installed); raises
-    CalledProcessError when pip finds no resolution that keeps them."""
-    with tempfile.TemporaryDirectory() as tmp:
-        pins, report = Path(tmp) / "image.txt", Path(tmp) / "report.json"
-        pins.write_text("".join(f"{name}=={version}\n" for name, version in IMAGE_TORCH.items()))
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--dry-run",
-                        "--ignore-installed", "--report", str(report), "-c", str(pins), "-r", str(requirements)],
-                       check=True, capture_output=True, text=True)
-        installs = json.loads(report.read_text())["install"]
-    return {re.sub(r"[-_.]+", "-", item["metadata"]["name"]).lower(): item["metadata"]["version"] for item in installs}
+_REQUIRES_OF = """
+import importlib.metadata, json, re
+from packaging.requirements import Requirement
+found = []
+for dist in importlib.metadata.distributions():
+    for text in dist.requires or []:
+        requirement = Requirement(text)
+        if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+            found.append([dist.metadata["Name"], re.sub(r"[-_.]+", "-", requirement.name).lower(),
+                          str(requirement.specifier)])
+print(json.dumps(found))
+"""
+
+
+def image_conflicts(python: Path, image: dict[str, str] | None = None) -> list[str]:
+    """Installed packages that would not accept the image's own torch, torchaudio or Starlette, e.g.
+    "pyannote.audio needs torch>=2.8": with none, the entrypoint's pip (no --upgrade) keeps all three. Read from
+    the installed packages' metadata: nothing is downloaded (resolving against torch 2.5.1 fetched 3 GB)."""
+    from packaging.specifiers import SpecifierSet
+
+    image = image or {**IMAGE_TORCH, **dict(pin.split("==") for pin in IMAGE_WEB)}
+    found = json.loads(subprocess.run([str(python), "-c", _REQUIRES_OF], capture_output=True, text=True,
+                                      check=True).stdout)
+    return sorted({f"{dist} needs {name}{spec}" for dist, name, spec in found
+                   if name in image and not SpecifierSet(spec).contains(image[name], prereleases=True)})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -36,7 +37,8 @@ def _pins(path: Path) -> dict[str, str]:
 
 def test_requirements_hold_no_server_test_or_toolkit_packages():
     pins = _pins(ROOT / "requirements.txt")
-    assert not {"torch", "torchaudio", "numpy", "starlette", "fastapi", "uvicorn", "huggingface-hub", "pytest"} & set(pins)
+    left_to_the_image = {"torch", "torchaudio", "numpy", "starlette", "huggingface-hub"}
+    assert not (left_to_the_image | {"fastapi", "uvicorn", "python-multipart", "pytest"}) & set(pins)
     assert pins["transformers"].startswith("4.") and pins["pyannote-audio"].startswith("3.")
     local = _pins(ROOT / "requirements-local.txt")
     shared = set(pins) & set(local) - {"transformers", "pyannote-audio"}  # the two lines that differ on purpose
@@ -63,13 +65,16 @@ def test_the_toolkit_requirements_are_read_from_its_setup_py(toolkit):
     assert not [r for r in wanted if r.startswith(("torch==", "torchvision", "kenlm"))]
 
 
-def test_pip_keeps_the_images_torch_and_torchaudio(venv):
-    """Resolved from metadata against the image's CUDA torch 2.5.1 and torchaudio 2.5.1: requirements.txt
-    is satisfiable with both (so the entrypoint's pip leaves them), and brings no Starlette."""
-    resolved = endpoint_env.resolve_on_image(venv / "bin" / "python")
-    assert resolved["torch"] == "2.5.1" and resolved["torchaudio"] == "2.5.1"
-    assert resolved["transformers"].startswith("4.") and "starlette" not in resolved
-    assert resolved["huggingface-hub"].startswith("0.")
+def test_nothing_installed_for_the_endpoint_refuses_the_images_torch_torchaudio_or_starlette(venv):
+    """Every package in the endpoint-like venv accepts torch 2.5.1, torchaudio 2.5.1 and Starlette 0.47.3, the
+    image's: the entrypoint's pip (no --upgrade) then leaves all three as they are."""
+    assert endpoint_env.image_conflicts(venv / "bin" / "python") == []
+
+
+def test_image_conflicts_finds_what_would_replace_the_images_torch():
+    """The local stack (pyannote.audio 4) is what requirements.txt must not be: it needs a newer torch."""
+    conflicts = endpoint_env.image_conflicts(Path(sys.executable))
+    assert any(c.startswith("pyannote-audio needs torch") for c in conflicts), conflicts
 
 
 def test_the_endpoint_environment_keeps_what_the_toolkit_runs_on(venv):
@@ -95,16 +100,17 @@ for cls, kwargs in ((FastWhisper, {"attn_implementation": ATTENTION}), (WhisperF
     model = cls.from_pretrained(sys.argv[1], dtype=torch.float32, **kwargs).eval()
     with torch.inference_mode():  # no language: both detect it first
         tokens.append(model.generate(features, return_timestamps=True, num_beams=1, task="transcribe").tolist())
-print(json.dumps({"equal": tokens[0] == tokens[1], "text": processor.batch_decode(tokens[0], skip_special_tokens=True)}))
+text = processor.batch_decode(tokens[0], skip_special_tokens=True)
+print(json.dumps({"equal": tokens[0] == tokens[1], "text": text}))
 """
 
 
 def test_fast_whisper_equals_transformers_whisper_on_the_endpoints_transformers(venv):
     """FastWhisper overrides generate()'s internals: on the endpoint's transformers 4.x it must still give the
     stock class's greedy tokens (the local suite checks the same on 5.x)."""
-    result = subprocess.run([str(venv / "bin" / "python"), "-c", FAST_EQUALS_STOCK, str(ROOT / "models" / "whisper-base"),
-                             str(SAMPLE)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run([str(venv / "bin" / "python"), "-c", FAST_EQUALS_STOCK,
+                             str(ROOT / "models" / "whisper-base"), str(SAMPLE)], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.splitlines()[-1])
     assert out["equal"] and wer(SAMPLE_TEXT, out["text"][0]) <= 0.1, out
