@@ -2,10 +2,17 @@
 
 import inspect
 import json
+import os
+import socket
+import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 
 import huggingface_hub
 import pytest
+from conftest import ROOT
 
 from scripts import deploy_endpoint
 
@@ -300,18 +307,13 @@ def test_dockerfile_serves_the_server_where_deploy_endpoint_looks():
 @pytest.mark.e2e
 def test_dockerfile_command_serves_health_in_the_local_venv():
     """The Dockerfile's CMD, on 127.0.0.1 and a free port, in the venv setup.sh made: /health goes 503 -> 200."""
-    import socket
-    import time
-    import urllib.error
-    import urllib.request
-
     command = json.loads(_dockerfile()["CMD"][0])
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     command[command.index("0.0.0.0")] = "127.0.0.1"
     command[command.index("--port") + 1] = str(port)
-    env = {key: value for key, value in __import__("os").environ.items()
+    env = {key: value for key, value in os.environ.items()
            if key not in ("ASR_MODEL", "ASSISTANT_MODEL", "DIARIZATION_MODEL", "API_KEY")}
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     statuses = []

@@ -135,7 +135,8 @@ def endpoint(venv, toolkit, tmp_path_factory):
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [str(venv / "bin" / "python"), "-m", "uvicorn", "huggingface_inference_toolkit.webservice_starlette:app",
-             "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+             "--host", "127.0.0.1", "--port", str(port)], cwd=log_path.parent, env=env, stdout=log,
+            stderr=subprocess.STDOUT)  # not cwd=ROOT: as on an endpoint, only the toolkit puts the repo on sys.path
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
