@@ -299,7 +299,7 @@ def test_dockerfile_serves_the_server_where_deploy_endpoint_looks():
     assert command[:4] == [".venv/bin/python", "-m", "uvicorn", "server:app"] and "0.0.0.0" in command
     assert docker["RUN"] == ["bash setup.sh"] and docker["FROM"][0].startswith("python:3.11")
     assert any(getattr(route, "path", None) == deploy_endpoint.HEALTH_ROUTE and "GET" in route.methods
-               for route in server.app.routes)
+               for route in server.create_app().routes)  # what `server:app` builds, without caching it
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", "models", ".git"} <= set(ignored)  # the image builds its own venv and models
 
