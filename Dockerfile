@@ -12,5 +12,6 @@ COPY . .
 # extension is removed only if it cannot load beside that torch (scripts/torchaudio_cpu.py)
 RUN bash setup.sh
 EXPOSE 8000
-# /health: 503 while the models load, 200 once the server can answer (deploy_endpoint's --health-route)
-CMD [".venv/bin/python", "-m", "uvicorn", "server:app", "--host", "0.0.0.0", "--port", "8000"]
+# /health: 503 while the models load, 200 once the server can answer (deploy_endpoint's --health-route);
+# the guarded protocol closes idle and half-sent connections (HEADER_TIMEOUT_S, KEEP_ALIVE_S: http_protocol.py)
+CMD [".venv/bin/python", "-m", "uvicorn", "server:app", "--host", "0.0.0.0", "--port", "8000", "--http", "http_protocol:GuardedH11Protocol"]

@@ -26,14 +26,18 @@ class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol that closes a connection whose request head has not arrived whole in time, and
     answers malformed requests with JSON instead of plain text."""
 
-    header_timeout_s: float | None = None  # None: HEADER_TIMEOUT_S from the environment (ServerSettings)
+    # None: HEADER_TIMEOUT_S / KEEP_ALIVE_S from the environment, for `uvicorn --http http_protocol:GuardedH11Protocol`
+    header_timeout_s: float | None = None
+    keep_alive_s: float | None = None
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        if self.header_timeout_s is None:
+        if self.header_timeout_s is None or self.keep_alive_s is None:
             from admission import ServerSettings
 
-            type(self).header_timeout_s = ServerSettings().header_timeout_s
+            settings = ServerSettings()
+            self.header_timeout_s, self.keep_alive_s = settings.header_timeout_s, settings.keep_alive_s
+        self.timeout_keep_alive = self.keep_alive_s
         self._head_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -85,7 +89,8 @@ class GuardedH11Protocol(H11Protocol):
 def uvicorn_options(settings: Any) -> dict[str, Any]:
     """uvicorn.Config / uvicorn.run keyword arguments for `ServerSettings`: the guarded protocol with its header
     deadline, the keep-alive timeout and the request-head size limit."""
-    protocol = type("GuardedH11Protocol", (GuardedH11Protocol,), {"header_timeout_s": settings.header_timeout_s})
+    protocol = type("GuardedH11Protocol", (GuardedH11Protocol,),
+                    {"header_timeout_s": settings.header_timeout_s, "keep_alive_s": settings.keep_alive_s})
     return {"http": protocol, "timeout_keep_alive": settings.keep_alive_s,
             "h11_max_incomplete_event_size": MAX_HEAD_BYTES}
 
