@@ -81,14 +81,19 @@ def compression_ratio(text: str) -> float:
 
 
 def best_attempt(attempts: list[Attempt], guard: Guard) -> Attempt:
-    """The first that passes; when none does, the most likely of those neither repetitive nor cut (faster-whisper's
-    choice), else the most likely of all."""
+    """The first that passes; when none does, the most likely of those neither cut nor repetitive (faster-whisper's
+    choice), else of those not cut, else the least repetitive: a loop is confident, its likelihood high."""
     for attempt in attempts:
         if not attempt.fails(guard):
             return attempt
-    plausible = [a for a in attempts if not a.bounded and (guard.compression_ratio_threshold is None
-                                                           or a.compression_ratio <= guard.compression_ratio_threshold)]
-    return max(plausible or attempts, key=lambda a: a.avg_logprob if a.avg_logprob is not None else -float("inf"))
+    threshold = guard.compression_ratio_threshold
+
+    def rank(a: Attempt) -> tuple:
+        repetitive = threshold is not None and a.compression_ratio > threshold
+        return (not a.bounded, not repetitive, -a.compression_ratio if repetitive else 0.0,
+                a.avg_logprob if a.avg_logprob is not None else -float("inf"))
+
+    return max(attempts, key=rank)
 
 
 def cpu_has_bf16() -> bool:
