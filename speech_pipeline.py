@@ -361,23 +361,26 @@ class SpeechPipeline:
                                 for k, v in generate_kwargs.items())), word_level, guard)
             outputs = self._batcher.submit(key, inputs, config.effective_batch_size, options, cancel)
         segments: list[Segment] = []
-        languages: Counter[str] = Counter()
+        spoken: Counter[str] = Counter()  # seconds of windows with text, per language
+        heard: Counter[str] = Counter()  # of every window: the answer when none has text
         fallback_language = generate_kwargs.get("language") or (None if self.multilingual else "en")
         for (start, end), output in zip(windows, outputs):
             attempt: Attempt = output["attempt"]
             language = attempt.language or fallback_language
             if language:
-                languages[language] += end - start
+                heard[language] += end - start
             if attempt.silent(guard):  # Whisper's own verdict: no speech here
                 continue
             chunks = [(_clock(c["timestamp"][0], start, start, end), _clock(c["timestamp"][1], end, start, end),
                        c["text"]) for c in output.get("chunks", []) if c["text"]]
+            if chunks and language:
+                spoken[language] += end - start
             found = (sentences([Word(s, e, t) for s, e, t in chunks]) if word_level
                      else [Segment(s, e, t) for s, e, t in chunks])
             segments.extend(replace(segment, language=language, temperature=attempt.temperature,
                                     avg_logprob=attempt.avg_logprob, compression_ratio=attempt.compression_ratio,
                                     no_speech_prob=attempt.no_speech_prob) for segment in found)
-        return segments, dict(languages)
+        return segments, dict(spoken or heard)
 
 
 class _StopWhen:
