@@ -26,7 +26,7 @@ from vad import SpeechDetector, group_windows
 logger = logging.getLogger(__name__)
 
 # the most new tokens a window may decode per second of its audio, plus a margin for the prompt, task and first
-# timestamp tokens: real speech needs under half of it (docs/real_recordings.md), a loop stops there
+# timestamp tokens: fast speech needs about half of it, a loop stops there
 TOKENS_PER_SECOND = 12.0
 TOKEN_MARGIN = 16
 
