@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
@@ -19,6 +20,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 Turn = tuple[float, float, str]  # start, end, speaker label
+
+
+@dataclass
+class Diarization:
+    """What the diarizer found: its turns (overlapping where speakers overlap) and an exclusive version (one speaker
+    per instant, pyannote 4's `exclusive_speaker_diarization`, the same turns where the pipeline gives none)."""
+
+    turns: list[Turn]
+    exclusive: list[Turn]
 
 
 def load_diarizer(name: str, token: str | None, device: torch.device) -> Any:
@@ -37,7 +47,7 @@ def load_diarizer(name: str, token: str | None, device: torch.device) -> Any:
 
 
 def diarize(pipeline: Any, audio: np.ndarray, config: InferenceConfig,
-            cancel: threading.Event | None = None) -> list[Turn]:
+            cancel: threading.Event | None = None) -> Diarization:
     """Speaker turns (seconds of the original audio) for 16 kHz mono audio the handler already decoded;
     raises `Cancelled` at pyannote's next progress step once `cancel` is set."""
 
@@ -50,10 +60,14 @@ def diarize(pipeline: Any, audio: np.ndarray, config: InferenceConfig,
     with one_thread():  # many small ops: on 2 threads beside the ASR thread's, 2.9 s became 8-10 s for 24 s of audio
         output = pipeline({"waveform": torch.from_numpy(audio)[None, :], "sample_rate": SAMPLE_RATE}, hook=hook,
                           **hints)
-    annotation = getattr(output, "speaker_diarization", output)  # pyannote 4 wraps the Annotation
-    turns = [(round(seg.start, 3), round(seg.end, 3), str(label))
-             for seg, _, label in annotation.itertracks(yield_label=True)]
-    return sorted(turns)
+    turns = _turns(getattr(output, "speaker_diarization", output))  # pyannote 4 wraps the Annotation
+    exclusive = getattr(output, "exclusive_speaker_diarization", None)  # pyannote 3 has none
+    return Diarization(turns, turns if exclusive is None else _turns(exclusive))
+
+
+def _turns(annotation: Any) -> list[Turn]:
+    return sorted((round(seg.start, 3), round(seg.end, 3), str(label))
+                  for seg, _, label in annotation.itertracks(yield_label=True))
 
 
 def assign_speakers(turns: list[Turn], spans: Iterable[tuple[float, float]]) -> list[str | None]:

@@ -15,7 +15,7 @@ from audio import SAMPLE_RATE, decode_audio, payload_bytes
 from batching import WindowBatcher
 from config import (DEFAULT_ASR_MODEL, DEFAULT_ASSISTANT_MODEL, DEFAULT_DIARIZATION_MODEL, PROJECT_DIR,
                     InferenceConfig, ModelSettings)
-from diarization_utils import diarize, load_diarizer, merge_speakers
+from diarization_utils import Diarization, diarize, load_diarizer, merge_speakers
 from errors import Cancelled, RequestError, redact
 from transcript import Segment, Transcript, Word, sentences
 from vad import SpeechDetector, group_windows
@@ -217,10 +217,18 @@ class SpeechPipeline:
         transcript = Transcript(text=text, segments=segments, duration=duration,
                                 language=generate_kwargs.get("language") or (None if self.multilingual else "en"))
         if self.diarizer is not None and config.diarization:
-            with self._diarization_lock:
-                turns = diarize(self.diarizer, audio, config, cancel)
-            transcript.speakers = merge_speakers(turns, segments, by_word=config.return_timestamps == "word")
+            _, transcript.speakers = self.attribute_speakers(audio, config, segments, cancel)
         return transcript
+
+    def attribute_speakers(self, audio: np.ndarray, config: InferenceConfig, segments: list[Segment],
+                           cancel: threading.Event | None = None,
+                           found: Diarization | None = None) -> tuple[Diarization, list[Segment]]:
+        """Diarize (unless `found` is given) and label `segments` and their words with speakers; returns the
+        diarization and the speaker-attributed segments. Words take the exclusive turns, made for transcripts."""
+        if found is None:
+            with self._diarization_lock:
+                found = diarize(self.diarizer, audio, config, cancel)
+        return found, merge_speakers(found.exclusive, segments, by_word=config.return_timestamps == "word")
 
     def _forward(self, inputs: list[dict[str, Any]], batch_size: int, options: dict[str, Any],
                  stop: Callable[[], bool]) -> list[dict]:

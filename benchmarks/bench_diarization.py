@@ -81,7 +81,7 @@ def run(minutes: float) -> dict[str, Any]:
         timings[label] = time.perf_counter() - started
         print(f"{label}: {timings[label]:.1f} s, RTF {timings[label] / seconds:.3f}", flush=True)
         if label == "diarization":
-            turns = result
+            turns = result.turns
     report = {
         "audio_seconds": round(seconds, 1), "load_seconds": round(load_seconds, 1),
         "seconds": {k: round(v, 2) for k, v in timings.items()},

@@ -61,7 +61,7 @@ def random_pyannote(tmp_path_factory):
 @pytest.mark.parametrize("hints", [{}, {"num_speakers": 2}, {"min_speakers": 1, "max_speakers": 3}])
 def test_random_real_architecture_pipeline_runs_with_and_without_hints(random_pyannote, hints):
     audio = synthetic_two_speakers()
-    turns = diarize(random_pyannote, audio, InferenceConfig.parse(hints))
+    turns = diarize(random_pyannote, audio, InferenceConfig.parse(hints)).turns
     assert turns == sorted(turns)
     for start, end, speaker in turns:
         assert 0 <= start < end <= 12.0 + 1e-3 and speaker.startswith("SPEAKER_")
@@ -87,7 +87,7 @@ def mapped_accuracy(turns, reference) -> float:
 @pytest.mark.parametrize("hints", [{}, {"num_speakers": 2}, {"min_speakers": 2, "max_speakers": 4}])
 def test_offline_default_recovers_the_turns_of_two_voices(offline_default, hints):
     audio = decode_audio(TWO_SPEAKERS.read_bytes())
-    turns = diarize(offline_default, audio, InferenceConfig.parse(hints))
+    turns = diarize(offline_default, audio, InferenceConfig.parse(hints)).turns
     assert len({speaker for _, _, speaker in turns}) == 2
     assert mapped_accuracy(turns, REFERENCE) >= 0.9
     merged = []  # a pause inside one person's turn may split it; fragments under 0.3 s are ignored
@@ -147,7 +147,7 @@ def test_diarization_can_be_skipped_and_silence_has_no_speakers(diarized):
 def test_two_minutes_of_two_voices_give_two_speakers(offline_default):
     """Clustering settings tuned on 24 s alone found 15 speakers in 10 minutes of these two voices."""
     audio, reference = long_recording(2.0)
-    turns = diarize(offline_default, audio, InferenceConfig())
+    turns = diarize(offline_default, audio, InferenceConfig()).turns
     assert len({speaker for _, _, speaker in turns}) == 2
     assert speaker_time_accuracy(turns, reference, len(audio) / 16000) >= 0.9
 
