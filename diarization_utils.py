@@ -12,14 +12,13 @@ import torch
 
 from audio import SAMPLE_RATE
 from errors import Cancelled, redact
-from transcript import Segment, Word
+from transcript import Segment, Turn, Word
 from vad import one_thread
 
 if TYPE_CHECKING:
     from config import InferenceConfig
 
 logger = logging.getLogger(__name__)
-Turn = tuple[float, float, str]  # start, end, speaker label
 
 
 @dataclass

@@ -184,7 +184,7 @@ class SpeechPipeline:
     def handle(self, data: Any, cancel: threading.Event | None = None) -> dict[str, Any]:
         """Serve one request: {"inputs": base64 or bytes, "parameters": {...}} -> response dict."""
         transcript, config = self.transcribe_request(data, cancel)
-        return transcript.to_response(words=config.return_timestamps == "word")
+        return transcript.to_response(words=config.return_timestamps == "word", turns=config.return_turns)
 
     def transcribe_request(self, data: Any, cancel: threading.Event | None = None) -> tuple[Transcript, InferenceConfig]:
         """Validate the parameters, decode the audio once and transcribe it; raises RequestError on bad input."""
@@ -217,7 +217,8 @@ class SpeechPipeline:
         transcript = Transcript(text=text, segments=segments, duration=duration,
                                 language=generate_kwargs.get("language") or (None if self.multilingual else "en"))
         if self.diarizer is not None and config.diarization:
-            _, transcript.speakers = self.attribute_speakers(audio, config, segments, cancel)
+            found, transcript.speakers = self.attribute_speakers(audio, config, segments, cancel)
+            transcript.turns = found.turns
         return transcript
 
     def attribute_speakers(self, audio: np.ndarray, config: InferenceConfig, segments: list[Segment],

@@ -30,10 +30,19 @@ def synthetic_two_speakers(seconds: float = 12.0, turn: float = 3.0) -> np.ndarr
     return (0.5 * audio / np.abs(audio).max()).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
-def random_pyannote(tmp_path_factory):
+# pyannote/speaker-diarization-community-1 (pyannote 4's default): the same two architectures, VBx clustering over
+# PLDA-projected embeddings, pyannote 4's default hyper-parameters
+COMMUNITY_1 = {"version": "4.0.0", "clustering": "VBxClustering", "segmentation_step": 0.1,
+               "params": {"threshold": 0.6, "Fa": 0.07, "Fb": 0.8}}
+
+
+@pytest.fixture(scope="module", params=["3.1", "community-1"])
+def random_pyannote(request, tmp_path_factory):
     """pyannote/segmentation-3.0's architecture (PyanNet, powerset of 3 speakers, 2 per frame) and a
-    WeSpeaker ResNet34, randomly initialised, saved as checkpoints with a local pipeline config.yaml."""
+    WeSpeaker ResNet34, randomly initialised, saved as checkpoints with a local pipeline config.yaml laid out as
+    speaker-diarization-3.1's (agglomerative) or community-1's (VBx + PLDA)."""
+    import yaml
+
     from pyannote.audio.core.task import Problem, Resolution, Specifications
     from pyannote.audio.models.embedding import WeSpeakerResNet34
     from pyannote.audio.models.segmentation import PyanNet
@@ -55,18 +64,32 @@ def random_pyannote(tmp_path_factory):
                                               duration=10.0)
     out = write_pipeline(tmp_path_factory.mktemp("pyannote"), segmentation, embedding,
                          clustering={"method": "centroid", "min_cluster_size": 12, "threshold": 0.7045654963945799})
-    return load_diarizer(str(out), None, torch.device("cpu"))  # the public loader a hub id goes through
+    if request.param == "community-1":
+        config = yaml.safe_load((out / "config.yaml").read_text())
+        config["version"] = COMMUNITY_1["version"]
+        config["pipeline"]["params"].update(clustering=COMMUNITY_1["clustering"],
+                                            segmentation_step=COMMUNITY_1["segmentation_step"])
+        config["params"]["clustering"] = COMMUNITY_1["params"]
+        (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    pipeline = load_diarizer(str(out), None, torch.device("cpu"))  # the public loader a hub id goes through
+    assert type(pipeline.clustering).__name__ == ("VBxClustering" if request.param == "community-1"
+                                                   else "AgglomerativeClustering")
+    return pipeline
 
 
 @pytest.mark.parametrize("hints", [{}, {"num_speakers": 2}, {"min_speakers": 1, "max_speakers": 3}])
 def test_random_real_architecture_pipeline_runs_with_and_without_hints(random_pyannote, hints):
     audio = synthetic_two_speakers()
-    turns = diarize(random_pyannote, audio, InferenceConfig.parse(hints)).turns
-    assert turns == sorted(turns)
+    found = diarize(random_pyannote, audio, InferenceConfig.parse(hints))
+    turns = found.turns
+    assert turns and turns == sorted(turns)
     for start, end, speaker in turns:
         assert 0 <= start < end <= 12.0 + 1e-3 and speaker.startswith("SPEAKER_")
     if "num_speakers" in hints:
         assert len({speaker for _, _, speaker in turns}) <= 2
+    # pyannote 4's exclusive diarization: one speaker at a time, the labels of the full one
+    assert found.exclusive and all(a[1] <= b[0] + 1e-3 for a, b in zip(found.exclusive, found.exclusive[1:]))
+    assert {s for _, _, s in found.exclusive} <= {s for _, _, s in turns}
 
 
 def test_loading_a_missing_pipeline_fails_fast_and_redacts_the_token(tmp_path):
