@@ -234,8 +234,9 @@ def build_offline_pipeline(out: Path) -> Path:
     """The offline default: Silero segmentation + Resemblyzer embeddings in `OfflineSpeakerDiarization`.
 
     2 s chunks every 0.5 s (pyannote's default step, 0.2 s, embeds each second 10 times: 2.5x the time for no gain);
-    VAD thresholds, gap filling and clustering threshold chosen on the AMI tuning clips and the phone call
-    (docs/diarization.md), cluster size on 10 minutes of samples/two_speakers.ogg (docs/benchmarks.md)."""
+    VAD thresholds, gap filling and clustering threshold chosen on the AMI tuning clips and the phone call; the
+    smallest cluster (pyannote caps it at a tenth of the chunks) on 2 and 10 minutes of samples/two_speakers.ogg,
+    where 12 split each voice into several speakers at this threshold (docs/diarization.md)."""
     return write_pipeline(out, SileroSegmentation(duration=2.0), ResemblyzerEmbedding(),
-                          clustering={"method": "centroid", "min_cluster_size": 12, "threshold": 0.5},
+                          clustering={"method": "centroid", "min_cluster_size": 90, "threshold": 0.5},
                           min_duration_off=1.0, segmentation_step=0.25, speech={"onset": 0.2, "offset": 0.1})

@@ -1,6 +1,7 @@
 """Diarization error rate on real recordings: the ten AMI tuning clips and pyannote's phone call.
 
     python -m benchmarks.bench_diarization_real --out benchmarks/results/bench_diarization_real.json
+    python -m benchmarks.bench_diarization_real --compare BEFORE.json AFTER.json   # per-clip markdown table
 
 For every clip, with no hint and with the true speaker count (`num_speakers`): DER from the diarizer's turns
 alone, and end to end as a user sees it (each word of a `return_timestamps: "word"` response, labelled with its
@@ -186,12 +187,34 @@ def run(clips: list[Clip], turns_only: bool = False, language: str = "en") -> di
     return report
 
 
+def compare(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """A markdown table of two reports: DER and speakers found per clip, turns and words, no hint and true count."""
+    keys = ("turns/none", "turns/num_speakers", "words/none", "words/num_speakers")
+    lines = ["| clip | speakers | " + " | ".join(f"{k} before | after" for k in keys) + " |",
+             "|---|---|" + "---|---|" * len(keys)]
+    for uri, row in after["results"][keys[0]]["clips"].items():
+        cells = []
+        for key in keys:
+            old, new = before["results"][key]["clips"][uri], after["results"][key]["clips"][uri]
+            cells += [f"{old['der']:.3f} ({old['speakers_found']})", f"{new['der']:.3f} ({new['speakers_found']})"]
+        lines.append(f"| {uri} | {row['speakers_true']} | " + " | ".join(cells) + " |")
+    pooled = [f"{report['results'][key]['ami_pooled']['der']:.3f}" for key in keys for report in (before, after)]
+    lines.append("| AMI pooled | | " + " | ".join(pooled) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ami", type=Path, default=AMI, help="folder of the AMI clips, RTTM and UEM")
     parser.add_argument("--turns-only", action="store_true", help="score the diarizer's turns only (no ASR)")
     parser.add_argument("--out", type=Path, help="write the report as JSON here")
+    parser.add_argument("--compare", type=Path, nargs=2, metavar=("BEFORE", "AFTER"),
+                        help="print a per-clip markdown table of two reports instead of running")
     args = parser.parse_args(argv)
+    if args.compare:
+        before, after = (json.loads(path.read_text()) for path in args.compare)
+        print(compare(before, after), end="")
+        return 0
     clips = load_clips(args.ami)
     if not clips:
         raise SystemExit(f"no clips: {args.ami} has no debug.train.rttm and pyannote's sample is missing")
