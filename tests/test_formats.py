@@ -122,6 +122,16 @@ def test_cli_formats(fmt, cli_env, tiny_models, monkeypatch, capsys):
         assert out.endswith("\n")
 
 
+def test_cli_rttm_needs_a_diarization_model(cli_env, tiny_models, monkeypatch, capsys):
+    from scripts.transcribe import main
+
+    monkeypatch.setenv("ASR_MODEL", str(tiny_models["main"]))
+    monkeypatch.setenv("ASSISTANT_MODEL", "")
+    monkeypatch.setenv("DIARIZATION_MODEL", "")
+    assert main([str(cli_env), "--format", "rttm"]) == 2
+    assert json.loads(capsys.readouterr().err.splitlines()[0])["field"] == "format"
+
+
 def test_cli_progress_spins_on_a_terminal_only():
     from scripts.transcribe import progress
 
