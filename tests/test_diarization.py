@@ -224,3 +224,16 @@ def test_the_true_speaker_count_does_not_raise_der_on_the_tuning_clips(real_reco
         pytest.skip(f"the AMI tuning clips are not in {AMI}")
     plain, hinted = scores["none"].summary(ami)["der"], scores["num_speakers"].summary(ami)["der"]
     assert hinted <= plain + 0.005 and plain < 0.42  # measured 0.381 and 0.384; before: 0.518 and 0.480
+
+
+def test_bench_compare_table_has_a_row_per_clip_and_the_pooled_ders():
+    from benchmarks.bench_diarization_real import compare
+
+    results = ROOT / "benchmarks" / "results"
+    before, after = (json.loads((results / name).read_text())
+                     for name in ("bench_diarization_real_before.json", "bench_diarization_real.json"))
+    rows = compare(before, after).splitlines()
+    assert len(rows) == 2 + len(after["results"]["turns/none"]["clips"]) + 1
+    pooled = [cell.strip() for cell in rows[-1].strip("|").split("|")]
+    assert pooled[0] == "AMI pooled" and pooled[2:4] == [f"{before['results']['turns/none']['ami_pooled']['der']:.3f}",
+                           f"{after['results']['turns/none']['ami_pooled']['der']:.3f}"]
