@@ -156,7 +156,7 @@ class OfflineSpeakerDiarization(SpeakerDiarization):
         model = self._segmentation.model
         if not isinstance(model, SileroSegmentation):
             return super().get_segmentations(file, hook=hook)
-        samples = file["waveform"][0].float()
+        samples = self._audio(file)[0][0].float()  # mono, 16 kHz (the embedding's rate, Silero's too)
         probs = model.speech_probabilities(samples)
         frame = _VAD_FRAME / SAMPLE_RATE
         speech = binarize(probs[:, None], onset=self.speech.onset, offset=self.speech.offset, initial_state=False)
