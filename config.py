@@ -81,6 +81,7 @@ class InferenceConfig(BaseModel):
     return_timestamps: Literal["segment", "word"] = Field("segment", description="word adds per-word times")
     vad: bool = Field(True, description="cut non-speech out with a voice-activity detector before Whisper")
     diarization: bool = Field(True, description="attribute speakers when a diarization model is loaded")
+    return_turns: bool = Field(False, description="add the diarizer's own speaker turns (`turns`) to the response")
     num_beams: int = Field(1, ge=1, le=10, description="1 is greedy decoding")
     temperature: Annotated[float, Field(ge=0, le=1)] | Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(
         min_length=1, max_length=10)] = Field(0.0, description="the first decoding temperature (0: greedy), as in OpenAI's API; a list is the "

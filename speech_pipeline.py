@@ -18,7 +18,7 @@ from audio import SAMPLE_RATE, decode_audio, payload_bytes
 from batching import WindowBatcher
 from config import (DEFAULT_ASR_MODEL, DEFAULT_ASSISTANT_MODEL, DEFAULT_DIARIZATION_MODEL, PROJECT_DIR,
                     InferenceConfig, ModelSettings)
-from diarization_utils import diarize, load_diarizer, merge_speakers
+from diarization_utils import Diarization, diarize, load_diarizer, merge_speakers
 from errors import Cancelled, RequestError, redact
 from transcript import Segment, Transcript, Word, sentences
 from vad import SpeechDetector, group_windows, max_windows
@@ -264,7 +264,7 @@ class SpeechPipeline:
     def handle(self, data: Any, cancel: threading.Event | None = None) -> dict[str, Any]:
         """Serve one request: {"inputs": base64 or bytes, "parameters": {...}} -> response dict."""
         transcript, config = self.transcribe_request(data, cancel)
-        return transcript.to_response(words=config.return_timestamps == "word")
+        return transcript.to_response(words=config.return_timestamps == "word", turns=config.return_turns)
 
     def transcribe_request(self, data: Any, cancel: threading.Event | None = None) -> tuple[Transcript, InferenceConfig]:
         """Validate the parameters, decode the audio once and transcribe it; raises RequestError on bad input."""
@@ -296,10 +296,19 @@ class SpeechPipeline:
         text = "".join(segment.text for segment in segments).strip()
         transcript = Transcript(text=text, segments=segments, duration=duration, language=_majority(languages))
         if self.diarizer is not None and config.diarization:
-            with self._diarization_lock:
-                turns = diarize(self.diarizer, audio, config, cancel)
-            transcript.speakers = merge_speakers(turns, segments, by_word=config.return_timestamps == "word")
+            found, transcript.speakers = self.attribute_speakers(audio, config, segments, cancel)
+            transcript.turns = found.turns
         return transcript
+
+    def attribute_speakers(self, audio: np.ndarray, config: InferenceConfig, segments: list[Segment],
+                           cancel: threading.Event | None = None,
+                           found: Diarization | None = None) -> tuple[Diarization, list[Segment]]:
+        """Diarize (unless `found` is given) and label `segments` and their words with speakers; returns the
+        diarization and the speaker-attributed segments. Words take the exclusive turns, made for transcripts."""
+        if found is None:
+            with self._diarization_lock:
+                found = diarize(self.diarizer, audio, config, cancel)
+        return found, merge_speakers(found.exclusive, segments, by_word=config.return_timestamps == "word")
 
     def _forward(self, inputs: list[dict[str, Any]], batch_size: int, options: dict[str, Any],
                  stop: Callable[[], bool]) -> list[dict]:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 _SENTENCE_END = (".", "?", "!", "。", "？", "！")
+Turn = tuple[float, float, str]  # a diarizer's speaker turn: start, end, speaker label
 
 
 @dataclass
@@ -41,9 +42,10 @@ class Transcript:
     duration: float
     language: str | None = None  # the language of most of the speech (per segment in `Segment.language`)
     speakers: list[Segment] = field(default_factory=list)  # speaker-attributed segments; empty without diarization
+    turns: list[Turn] = field(default_factory=list)  # the diarizer's own turns (may overlap); empty without it
 
-    def to_response(self, words: bool = False) -> dict[str, Any]:
-        """The Inference Endpoints contract: text, timestamped chunks, speakers (and words when asked)."""
+    def to_response(self, words: bool = False, turns: bool = False) -> dict[str, Any]:
+        """The Inference Endpoints contract: text, timestamped chunks, speakers (and words, turns when asked)."""
         mixed = len({s.language for s in self.segments if s.language}) > 1
         response: dict[str, Any] = {
             "text": self.text,
@@ -54,6 +56,8 @@ class Transcript:
         }
         if words:
             response["words"] = [asdict(w) for s in self.segments for w in s.words]
+        if turns:
+            response["turns"] = [{"start": start, "end": end, "speaker": speaker} for start, end, speaker in self.turns]
         return response
 
     @classmethod
