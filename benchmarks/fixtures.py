@@ -31,6 +31,18 @@ def tiny_whisper(source: Path, out: Path, seed: int, decoder_layers: int = 2) ->
     return out
 
 
+def tiny_whisper_decoder(source: Path, out: Path) -> Path:
+    """The decoder of tiny checkpoint `source` as a `WhisperForCausalLM` (distil-whisper's decoder-only draft kind)."""
+    from transformers import WhisperForCausalLM, WhisperProcessor
+
+    model = WhisperForCausalLM.from_pretrained(source)  # the encoder's weights are left behind
+    model.config.architectures = ["WhisperForCausalLM"]
+    model.generation_config = model.generation_config.from_pretrained(source)
+    model.save_pretrained(out)
+    WhisperProcessor.from_pretrained(source).save_pretrained(out)
+    return out
+
+
 def encode(audio: np.ndarray, rate: int, container: str, codec: str, channels: int = 1) -> bytes:
     """Encode float32 mono audio with FFmpeg (PyAV) into `container`, optionally duplicated to stereo."""
     buffer = io.BytesIO()

@@ -44,14 +44,25 @@ def test_silence_gives_an_empty_transcript(tiny):
     assert out["text"] == "" and out["chunks"] == [] and out["duration"] == 4.0
 
 
-@pytest.mark.parametrize("assistant", ["draft", "draft_en"])
-def test_assisted_equals_greedy_token_for_token(tiny_models, speechlike, assistant):
+@pytest.mark.parametrize("assistant, kind, shared_vocab", [
+    ("draft", "DraftWhisper", True),  # distil-large-v3 for large-v3: same vocabulary, full model
+    ("draft_decoder", "WhisperForCausalLM", True),  # distil-whisper's decoder-only kind, fed the main encoder's output
+    ("draft_en", "DraftWhisper", False),  # tiny.en for base: universal assisted generation
+])
+def test_assisted_drafts_and_equals_greedy_token_for_token(tiny_models, speechlike, assistant, kind, shared_vocab):
     pipe = make_pipeline(tiny_models["main"], tiny_models[assistant])
-    shared_vocab = "tokenizer" not in pipe.assistant_kwargs
-    assert shared_vocab == (assistant == "draft")
-    plain = pipe.handle({"inputs": speechlike, "parameters": {"vad": False}})
-    assisted = pipe.handle({"inputs": speechlike, "parameters": {"vad": False, "assisted": True}})
-    assert assisted == plain
+    draft = pipe.assistant_kwargs["assistant_model"]
+    assert type(draft).__name__ == kind and ("tokenizer" not in pipe.assistant_kwargs) == shared_vocab
+    drafted = []
+    hook = draft.register_forward_hook(lambda *args: drafted.append(1))
+    try:
+        plain = pipe.handle({"inputs": speechlike, "parameters": {"vad": False}})
+        assert drafted == []  # plain decoding never runs the assistant
+        assisted = pipe.handle({"inputs": speechlike, "parameters": {"vad": False, "assisted": True}})
+    finally:
+        hook.remove()
+    assert len(drafted) > 1  # the assistant drafted, step by step
+    assert assisted == plain and plain["chunks"]
 
 
 def test_assisted_without_an_assistant_is_a_client_error(tiny_models, speechlike):
