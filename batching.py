@@ -92,7 +92,9 @@ class WindowBatcher:
             limit = max(len(first.inputs), min(first.batch_size * 4, self._max_windows))
             taken, total = [], 0
             for job in self._queue:
-                if job.key == first.key and (not taken or total + len(job.inputs) <= limit):
+                # a job's batch_size is its own (a client's memory bound): only equal ones share a pass
+                if (job.key, job.batch_size) == (first.key, first.batch_size) and (
+                        not taken or total + len(job.inputs) <= limit):
                     taken.append(job)
                     total += len(job.inputs)
             for job in taken:
