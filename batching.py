@@ -19,7 +19,7 @@ from errors import Cancelled
 Forward = Callable[[list[Any], int, dict[str, Any], Callable[[], bool]], list[Any]]
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: queue.remove() must never compare inputs (numpy arrays raise)
 class _Job:
     key: Hashable
     inputs: list[Any]

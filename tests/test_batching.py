@@ -116,6 +116,28 @@ def test_each_request_gets_its_own_batch_size():
     assert sorted(calls[1:]) == [([1, 2, 4], 1), ([3], 4)]
 
 
+def test_a_job_taken_past_one_left_in_the_queue_keeps_the_batcher_alive():
+    """Windows are numpy arrays: taking a job from behind one that stays queued (another batch size, or over the
+    limit) once killed the batcher thread (`list.remove` compared their arrays) and hung every request after it."""
+    import numpy as np
+
+    batcher, calls, running, release = _gated_batcher(wait_s=0.01, arrival_wait_s=0.0)
+    results = {}
+    window = [np.zeros(4), np.ones(4)]
+    blocker = _submit_in_thread(batcher, results, "blocker", "k", [np.zeros(2)], 8, {})
+    assert running.wait(60)
+    threads = []
+    for name, size in (("a", 8), ("b", 1), ("c", 8)):  # c joins a's batch past b, which waits for the next
+        threads.append(_submit_in_thread(batcher, results, name, "k", [x.copy() for x in window], size, {}))
+        _until(lambda: len(batcher._queue) == len(threads))
+    release.set()
+    for thread in [blocker, *threads]:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads), "the batcher died: requests hang"
+    assert [size for _, size in calls] == [8, 8, 1] and len(calls[1][0]) == 4
+    assert all(np.array_equal(out, x * 10) for name in "abc" for out, x in zip(results[name], window))
+
+
 def test_a_cancelled_job_leaves_the_queue_and_its_batch_mate_gets_its_whole_output():
     passes, gates, stops = [], [threading.Event(), threading.Event()], []
 

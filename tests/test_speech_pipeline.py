@@ -289,3 +289,43 @@ def test_drafting_pays_for_large_v3_with_distil_and_not_for_base_with_tiny_en():
     base, tiny_en = (WhisperConfig.from_pretrained(MODELS / name) for name in ("whisper-base", "whisper-tiny.en"))
     large, distil = (WhisperConfig(**ARCHITECTURES[name]) for name in ("large-v3", "distil-large-v3"))
     assert drafting_pays(large, distil) and not drafting_pays(base, tiny_en)
+
+
+def test_concurrent_requests_with_different_parameters_each_get_their_own_decoding(tiny_models):
+    """Word and segment timestamps, two languages, translate, assisted beside plain and two batch sizes at once:
+    every request gets what it gets alone, and every forward pass runs one kind of request at its batch size."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pipe = make_pipeline(tiny_models["main"], tiny_models["draft"], batch_wait_ms=300)
+    variants = [{}, {"return_timestamps": "word"}, {"language": "de"}, {"language": "en"}, {"task": "translate"},
+                {"assisted": True}, {"batch_size": 1}, {"batch_size": 4}, {}, {"return_timestamps": "word"}]
+    requests = [{"inputs": encode(tone(6.0, freq=170.0 + 40 * i), 16000, "wav", "pcm_s16le"),
+                 "parameters": {"vad": False, "chunk_length_s": 3, **variant}} for i, variant in enumerate(variants)]
+    sequential = [pipe.handle(request) for request in requests]
+    passes, forward = [], pipe.asr
+
+    class Spy:  # the ASR pipeline, recording what each pass ran with
+        def __call__(self, inputs, **kwargs):
+            generate = kwargs["generate_kwargs"]
+            passes.append({"windows": len(inputs), "batch_size": kwargs["batch_size"],
+                           "timestamps": kwargs["return_timestamps"], "task": generate.get("task"),
+                           "language": generate.get("language"), "assisted": "assistant_model" in generate})
+            return forward(inputs, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(forward, name)
+
+    pipe.asr = Spy()
+    with ThreadPoolExecutor(len(requests)) as pool:
+        concurrent = list(pool.map(pipe.handle, requests))
+    assert concurrent == sequential
+    kinds: dict[tuple, int] = {}
+    for p in passes:
+        kind = (p["batch_size"], p["timestamps"], p["task"], p["language"], p["assisted"])
+        kinds[kind] = kinds.get(kind, 0) + p["windows"]
+    assert kinds == {  # two 3 s windows a request, each kind at its own batch size
+        (24, True, "transcribe", None, False): 4, (24, "word", "transcribe", None, False): 4,
+        (24, True, "transcribe", "de", False): 2, (24, True, "transcribe", "en", False): 2,
+        (24, True, "translate", None, False): 2, (1, True, "transcribe", None, True): 2,
+        (1, True, "transcribe", None, False): 2, (4, True, "transcribe", None, False): 2}
+    assert len(passes) < sum(kinds.values())  # and requests of one kind still shared passes
