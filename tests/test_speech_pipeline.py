@@ -329,3 +329,18 @@ def test_concurrent_requests_with_different_parameters_each_get_their_own_decodi
         (24, True, "translate", None, False): 2, (1, True, "transcribe", None, True): 2,
         (1, True, "transcribe", None, False): 2, (4, True, "transcribe", None, False): 2}
     assert len(passes) < sum(kinds.values())  # and requests of one kind still shared passes
+
+
+@pytest.mark.parametrize("task", ["transcribe", "translate"])
+def test_the_task_token_leads_the_decoder_input(tiny, speechlike, task):
+    """The reference path shares the task handling, so compare the decoder's actual prefix with Whisper's tokens."""
+    tokenizer = tiny.asr.tokenizer
+    first_inputs: list[list[int]] = []
+    hook = tiny.asr.model.model.decoder.register_forward_pre_hook(
+        lambda module, args, kwargs: first_inputs.append(kwargs["input_ids"][0].tolist()), with_kwargs=True)
+    try:
+        tiny.handle({"inputs": speechlike, "parameters": {"vad": False, "task": task, "language": "de"}})
+    finally:
+        hook.remove()
+    ids = tokenizer.convert_tokens_to_ids
+    assert max(first_inputs, key=len)[:3] == [ids("<|startoftranscript|>"), ids("<|de|>"), ids(f"<|{task}|>")]
