@@ -26,13 +26,18 @@ def load_diarizer(name: str, token: str | None, device: torch.device) -> Any:
     import offline_diarizer  # noqa: F401  (turns pyannote telemetry off; offline checkpoints name its classes)
     from pyannote.audio import Pipeline
 
+    from huggingface_hub.errors import GatedRepoError
+
+    gated = (f"could not load DIARIZATION_MODEL {name!r}: accept its conditions on the hub and set HF_TOKEN to a "
+             "token that can read it, or point it at a local pipeline directory")
     try:
         pipeline = Pipeline.from_pretrained(name, token=token)
+    except GatedRepoError as error:  # pyannote 4 raises it for a gated model without (or with a refused) token
+        raise RuntimeError(f"{gated} ({redact(str(error), token)})") from None
     except Exception as error:
         raise RuntimeError(f"could not load DIARIZATION_MODEL {name!r}: {redact(str(error), token)}") from None
-    if pipeline is None:  # pyannote returns None for gated or missing models instead of raising
-        raise RuntimeError(f"could not load DIARIZATION_MODEL {name!r}: accept its conditions on the hub and set "
-                           "HF_TOKEN to a token that can read it, or point it at a local pipeline directory")
+    if pipeline is None:  # older pyannote returns None for gated or missing models instead of raising
+        raise RuntimeError(gated)
     return pipeline.to(device)
 
 
