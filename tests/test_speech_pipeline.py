@@ -6,6 +6,7 @@ import torch
 import pytest
 from conftest import MODELS, b64, encode, make_pipeline, tone
 
+from audio import decode_audio
 from config import InferenceConfig
 from errors import RequestError
 
@@ -25,10 +26,30 @@ def test_chunks_are_timestamped_inside_the_audio(tiny, speechlike):
 def test_long_audio_is_cut_into_windows_and_batched(tiny):
     audio = np.concatenate([tone(2.0, freq=300 + 50 * i) for i in range(6)])  # 12 s
     data = encode(audio, 16000, "flac", "flac")
-    out = tiny.handle({"inputs": data, "parameters": {"vad": False, "chunk_length_s": 5, "batch_size": 2}})
-    starts = [c["timestamp"][0] for c in out["chunks"]]
-    assert starts == sorted(starts) and max(c["timestamp"][1] for c in out["chunks"]) <= 12.0
-    assert any(s >= 5.0 for s in starts)  # windows after the first were transcribed and offset
+    passes, forward = [], tiny.asr
+
+    def spy(inputs, **kwargs):
+        passes.append(([x["raw"].copy() for x in inputs], kwargs["batch_size"]))
+        outputs = forward(inputs, **kwargs)
+        # each window's own times, as Whisper gives them, to check the offsets against
+        passes[-1] += ([[c["timestamp"] for c in o["chunks"] if c["text"]] for o in outputs],)
+        return outputs
+
+    tiny.asr = spy
+    try:
+        out = tiny.handle({"inputs": data, "parameters": {"vad": False, "chunk_length_s": 5, "batch_size": 2}})
+    finally:
+        tiny.asr = forward
+    [(windows, batch_size, relative)] = passes  # one request, one pass, at the batch size it asked for
+    assert batch_size == 2 and [len(w) for w in windows] == [80000, 80000, 32000]  # 5 s, 5 s, 2 s
+    decoded = np.concatenate(windows)
+    assert np.abs(decoded - decode_audio(data)).max() == 0  # the windows are the audio, cut, nothing lost
+    # each window's times shifted by its start and kept inside it (random weights run past a window's end)
+    expected = [(min(end, start + s), end if e is None else min(end, start + e))
+                for start, end, times in ((0.0, 5.0, relative[0]), (5.0, 10.0, relative[1]), (10.0, 12.0, relative[2]))
+                for s, e in times]
+    assert [tuple(c["timestamp"]) for c in out["chunks"]] == pytest.approx(expected, abs=1e-3)
+    assert any(c["timestamp"][0] >= 10.0 for c in out["chunks"])
 
 
 def test_word_timestamps(tiny, speechlike):
