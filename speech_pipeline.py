@@ -19,6 +19,7 @@ from diarization_utils import diarize, load_diarizer, merge_speakers
 from errors import Cancelled, RequestError, redact
 from transcript import Segment, Transcript, Word, sentences
 from vad import SpeechDetector, group_windows
+from word_timing import refine_words
 
 logger = logging.getLogger(__name__)
 
@@ -250,7 +251,8 @@ class SpeechPipeline:
             chunks = [(_clock(c["timestamp"][0], start, start, end), _clock(c["timestamp"][1], end, start, end),
                        c["text"]) for c in output.get("chunks", []) if c["text"]]
             if word_level:
-                segments.extend(sentences([Word(s, e, t) for s, e, t in chunks]))
+                segments.extend(sentences(refine_words([Word(s, e, t) for s, e, t in chunks], audio, (start, end),
+                                                      config.word_timing)))
             else:
                 segments.extend(Segment(s, e, t) for s, e, t in chunks)
         return segments

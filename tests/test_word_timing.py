@@ -1,0 +1,103 @@
+"""Word boundaries on the speech (word_timing.py): every method moves a boundary it must move, none ever makes words
+overlap or run backwards, and on a generated isolated-word clip the real model's words land within 100 ms."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import MODELS, ROOT, make_pipeline
+from hypothesis import given
+from hypothesis import strategies as st
+
+from audio import SAMPLE_RATE, decode_audio
+from transcript import Word
+from word_timing import ENERGY_FRAME_S, energy_speech, pauses, refine_words, snap
+
+CLIP = ROOT / "samples" / "isolated_words.flac"
+
+
+def burst(seconds: float, freq: float = 180.0) -> np.ndarray:
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    return (0.3 * np.sin(2 * np.pi * freq * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * SAMPLE_RATE), np.float32)
+
+
+def test_energy_moves_a_boundary_into_the_pause_dtw_swallowed():
+    # sound at 0.3-0.8 and 1.1-1.6 s; Whisper-like times put the boundary at 0.8 (the second word swallows the pause)
+    audio = np.concatenate([silence(0.3), burst(0.5), silence(0.3), burst(0.5), silence(0.3)])
+    words = [Word(0.25, 0.8, " one"), Word(0.8, 1.45, " two")]
+    first, second = refine_words(words, audio, (0.0, len(audio) / SAMPLE_RATE), "energy")
+    assert abs(first.start - 0.3) <= 0.02 and abs(first.end - 0.8) <= 0.02
+    assert abs(second.start - 1.1) <= 0.02 and abs(second.end - 1.6) <= 0.02
+    assert refine_words(words, audio, (0.0, 1.9), "whisper") == words  # the plain DTW times stay available
+
+
+def test_energy_leaves_a_boundary_without_a_pause_where_whisper_put_it():
+    audio = np.concatenate([silence(0.3), burst(0.5), burst(0.5, 300.0), silence(0.3)])
+    words = [Word(0.3, 0.75, " one"), Word(0.75, 1.3, " two")]
+    first, second = refine_words(words, audio, (0.0, len(audio) / SAMPLE_RATE), "energy")
+    assert first.end == second.start == 0.75
+
+
+def test_vad_moves_a_boundary_into_the_pause_between_two_phrases(sample_bytes):
+    audio = decode_audio(sample_bytes)[:3 * SAMPLE_RATE]  # "Hello and welcome." then a pause until 1.65 s
+    words = [Word(0.3, 1.1, " Hello and welcome."), Word(1.1, 2.6, " This is a")]
+    first, second = refine_words(words, audio, (0.0, 3.0), "vad")
+    assert 1.18 <= first.end <= 1.26 and 1.62 <= second.start <= 1.7, (first, second)
+
+
+def test_pauses_are_the_silent_runs_between_speech():
+    speech = np.array([0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0], bool)
+    assert pauses(speech, ENERGY_FRAME_S) == [(0.03, 0.1)]  # edges are no pauses, a one-frame dip is too short
+
+
+@st.composite
+def words_and_speech(draw):
+    frames = draw(st.integers(1, 400))
+    speech = np.array(draw(st.lists(st.booleans(), min_size=frames, max_size=frames)), bool)
+    times = sorted(draw(st.lists(st.floats(0, frames * ENERGY_FRAME_S), min_size=2, max_size=40)))
+    count = len(times) // 2
+    # Whisper's times are ordered, but overlapping and zero-length words occur too
+    jitter = draw(st.lists(st.floats(-0.2, 0.2), min_size=count, max_size=count))
+    words = [Word(times[2 * i], max(times[2 * i], times[2 * i + 1] + jitter[i]), f" w{i}") for i in range(count)]
+    return words, speech
+
+
+@given(words_and_speech(), st.floats(0, 100))
+def test_refined_words_never_overlap_or_run_backwards(case, offset):
+    words, speech = case
+    words = [Word(w.start + offset, w.end + offset, w.text) for w in words]
+    out = snap(words, speech, ENERGY_FRAME_S, offset)
+    assert [w.text for w in out] == [w.text for w in words]
+    for word in out:
+        assert word.start <= word.end
+    for before, after in zip(out, out[1:]):
+        assert before.end <= after.start
+
+
+@given(st.lists(st.floats(-1, 1), min_size=0, max_size=3000))
+def test_energy_speech_takes_any_audio(samples):
+    audio = np.array(samples, np.float32)
+    assert len(energy_speech(audio)) == len(audio) // int(ENERGY_FRAME_S * SAMPLE_RATE)
+
+
+@pytest.mark.e2e
+def test_real_word_times_on_an_isolated_word_clip_are_within_100_ms():
+    """samples/isolated_words.flac (espeak-ng, made by `python -m benchmarks.bench_word_timing --write-sample`):
+    words spoken alone, pauses of 80-250 ms; its JSON holds each word's exact start and end."""
+    from benchmarks.bench_word_timing import match
+
+    reference = [tuple(row) for row in json.loads(CLIP.with_suffix(".json").read_text())["words"]]
+    pipeline = make_pipeline(MODELS / "whisper-base")
+    out = pipeline.handle({"inputs": CLIP.read_bytes(), "parameters": {"language": "en", "return_timestamps": "word"}})
+    assert out["word_timing"] == "energy"
+    pairs = match(reference, out["words"])
+    assert len(pairs) >= 0.9 * len(reference), out["text"]
+    errors = [max(abs(out["words"][h]["start"] - reference[r][0]), abs(out["words"][h]["end"] - reference[r][1]))
+              for r, h in pairs]
+    assert np.mean(errors) <= 0.06 and np.mean(np.array(errors) <= 0.1) >= 0.85, errors
