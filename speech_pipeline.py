@@ -19,7 +19,7 @@ from diarization_utils import diarize, load_diarizer, merge_speakers
 from errors import Cancelled, RequestError, redact
 from transcript import Segment, Transcript, Word, sentences
 from vad import SpeechDetector, group_windows
-from word_timing import refine_words
+from word_timing import refine_words, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +216,8 @@ class SpeechPipeline:
         segments = self._transcribe_windows(audio, windows, config, generate_kwargs, assisted, cancel)
         text = "".join(segment.text for segment in segments).strip()
         transcript = Transcript(text=text, segments=segments, duration=duration,
-                                language=generate_kwargs.get("language") or (None if self.multilingual else "en"))
+                                language=generate_kwargs.get("language") or (None if self.multilingual else "en"),
+                                word_timing=resolve(config.word_timing) if config.return_timestamps == "word" else None)
         if self.diarizer is not None and config.diarization:
             with self._diarization_lock:
                 turns = diarize(self.diarizer, audio, config, cancel)

@@ -35,6 +35,7 @@ class Transcript:
     duration: float
     language: str | None = None
     speakers: list[Segment] = field(default_factory=list)  # speaker-attributed segments; empty without diarization
+    word_timing: str | None = None  # how word boundaries were placed (word_timing.METHODS), with word timestamps
 
     def to_response(self, words: bool = False) -> dict[str, Any]:
         """The Inference Endpoints contract: text, timestamped chunks, speakers (and words when asked)."""
@@ -47,6 +48,7 @@ class Transcript:
         }
         if words:
             response["words"] = [asdict(w) for s in self.segments for w in s.words]
+            response["word_timing"] = self.word_timing
         return response
 
     @classmethod
