@@ -1,7 +1,7 @@
 """Word timestamps against exact references: how far is each word's start and end from where it is spoken?
 
-    python -m benchmarks.bench_word_timing [--methods whisper,energy] [--faster-whisper] [--real] [--cost]
-                                           [--out benchmarks/results/word_timing.json]
+    python -m benchmarks.bench_word_timing [--methods whisper,energy+vad] [--post-hoc energy,vad] [--faster-whisper]
+                                           [--real] [--cost] [--out benchmarks/results/word_timing.json]
 
 The reference is generated with espeak-ng (apt-get install espeak-ng), in three voices at two speaking rates:
 - `isolated`: every word spoken on its own, trimmed to its sound (first to last sample above 2% of its peak), joined
@@ -17,10 +17,10 @@ start inside a reference pause (more than 20 ms before the word), pauses swallow
 or more with no gap of 20 ms between the words around it) and words that overlap or run backwards.
 
 `--real` runs the same engines on recordings without a word reference (the ten AMI clips in
-/work/shared/data/ami-debug-train or AMI_DIR, and pyannote's phone call `sample.wav`): words that start inside
-non-speech (Silero VAD probability under 0.5 over the word's first 60 ms), pauses swallowed (VAD non-speech runs of
-200 ms or more inside one word) and overlaps; with the diarization model loaded, the diarization error rate of
-the word-level `speakers` entries against the RTTM, pooled over the AMI clips (pyannote.metrics, no collar).
+/work/shared/data/ami-debug-train or AMI_DIR, and pyannote's phone call `sample.wav`), against their RTTM speaker
+turns as the reference speech: words that start where no one speaks for 60 ms, words that hold 200 ms or more
+where no one speaks, and overlaps; with the diarization model loaded, the diarization error rate of the word-level
+`speakers` entries, pooled over the AMI clips (pyannote.metrics, no collar, overlap scored, 0-30 s).
 `--cost` times a 5-minute recording (the AMI clips back to back) with segment timestamps, word timestamps as
 Whisper gives them and each refined method, alternating, each configuration once per round (`--rounds`).
 """
@@ -275,85 +275,66 @@ def _ms(seconds: float) -> float:
 
 # -- recordings without a word reference ---------------------------------------------------------------------------
 
-def real_recordings() -> dict[str, tuple[np.ndarray, Path | None]]:
-    """Name -> (audio, RTTM or None): the AMI debug clips and pyannote's phone call, where present."""
+def real_recordings() -> dict[str, tuple[np.ndarray, Path]]:
+    """Name -> (audio, RTTM): the AMI debug clips and pyannote's phone call, where present."""
     import importlib.util
 
-    recordings: dict[str, tuple[np.ndarray, Path | None]] = {}
+    recordings: dict[str, tuple[np.ndarray, Path]] = {}
     for path in sorted(AMI_DIR.glob("trn*.wav")):
         recordings[path.stem] = (decode_audio(path.read_bytes()), AMI_DIR / "debug.train.rttm")
     spec = importlib.util.find_spec("pyannote.audio")
     if spec and spec.submodule_search_locations:
         sample = Path(next(iter(spec.submodule_search_locations))) / "sample" / "sample.wav"
         if sample.exists():
-            recordings["phone call"] = (decode_audio(sample.read_bytes()), None)
+            recordings["sample"] = (decode_audio(sample.read_bytes()), sample.with_suffix(".rttm"))
     return recordings
 
 
-def speech_frames(audio: np.ndarray) -> np.ndarray:
-    """Silero VAD's speech probability per 32 ms frame."""
-    from word_timing import vad_probabilities
+def rttm_turns(rttm: Path, name: str) -> list[tuple[float, float, str]]:
+    """(start, end, speaker) of one recording's turns in an RTTM file."""
+    turns = []
+    for fields in (line.split() for line in rttm.read_text().splitlines() if line.strip()):
+        if fields[1] == name:
+            start = float(fields[3])
+            turns.append((start, start + float(fields[4]), fields[7]))
+    return turns
 
-    return vad_probabilities(audio)
 
-
-def activity(audio: np.ndarray, words: list[dict], probabilities: np.ndarray) -> dict[str, int]:
-    """How words sit against the VAD's speech: starts inside non-speech, long non-speech inside one word."""
-    from word_timing import VAD_FRAME_S
-
-    speech = probabilities >= 0.5
-    frame = lambda t: min(len(speech), max(0, int(t / VAD_FRAME_S)))  # noqa: E731
+def activity(words: list[dict], turns: list[tuple[float, float, str]], duration: float) -> dict[str, int]:
+    """How words sit against the reference's speech (its speaker turns, 10 ms frames): words that start where no
+    one speaks for 60 ms, words that hold 200 ms or more where no one speaks, overlapping words."""
+    frame_s = 0.01
+    speech = np.zeros(int(duration / frame_s) + 1, bool)
+    for start, end, _ in turns:
+        speech[int(start / frame_s):int(end / frame_s) + 1] = True
+    frame = lambda t: min(len(speech), max(0, int(t / frame_s)))  # noqa: E731
     start_in_silence = swallowed = 0
     for word in words:
         first = frame(word["start"])
         start_in_silence += not speech[first:max(first + 1, frame(word["start"] + 0.06))].any()
-        run = 0
-        for is_speech in speech[first:frame(word["end"])]:
-            run = 0 if is_speech else run + 1
-            if run * VAD_FRAME_S >= 0.2:
-                swallowed += 1
-                break
+        silent = ~speech[first:frame(word["end"])]
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], silent.astype(np.int8), [0]])))
+        swallowed += bool(len(edges)) and (edges[1::2] - edges[::2]).max() * frame_s >= 0.2
     overlaps = sum(b["start"] < a["end"] - 0.001 for a, b in zip(words, words[1:]))
     return {"words": len(words), "start_in_non_speech": start_in_silence, "words_over_200ms_non_speech": swallowed,
             "overlaps": overlaps}
 
 
-def diarization_error(names: list[str], speakers: list[list], rttm: Path) -> float:
-    """Pooled DER (no collar, overlap scored) of the word-level speaker entries against the RTTM over 0-30 s."""
+def diarization_error(names: list[str], speakers: list[list], rttms: list[Path]) -> float:
+    """Pooled DER (no collar, overlap scored) of the word-level speaker entries against the RTTMs, over 0-30 s."""
     from pyannote.core import Annotation, Segment, Timeline
     from pyannote.metrics.diarization import DiarizationErrorRate
 
     metric = DiarizationErrorRate(collar=0.0, skip_overlap=False)
-    lines = [line.split() for line in rttm.read_text().splitlines() if line.strip()]
-    for name, entries in zip(names, speakers):
+    for name, entries, rttm in zip(names, speakers, rttms):
         reference, hypothesis = Annotation(uri=name), Annotation(uri=name)
-        for fields in lines:
-            if fields[1] == name:
-                start = float(fields[3])
-                reference[Segment(start, start + float(fields[4]))] = fields[7]
+        for start, end, speaker in rttm_turns(rttm, name):
+            reference[Segment(start, end)] = speaker
         for start, end, speaker in entries:
             if end > start:
                 hypothesis[Segment(start, end)] = speaker or "none"
         metric(reference, hypothesis, uem=Timeline([Segment(0, 30)]))
     return round(abs(metric), 4)
-
-
-def write_sample(path: Path) -> dict[str, Any]:
-    """The test clip: the first sentence, words spoken alone by en-us+f3 at 165 wpm, with their references."""
-    from benchmarks.fixtures import encode
-
-    espeak, rng, pieces, reference, offset = Espeak(), np.random.default_rng(7), [], [], 0.0
-    for sentence in SENTENCES[:1]:
-        audio, words = isolated_clip(espeak, sentence, "en-us+f3", 165, rng)
-        pieces.append(audio)
-        reference += [(round(start + offset, 4), round(end + offset, 4), word) for start, end, word in words]
-        offset += len(audio) / SAMPLE_RATE
-    path.write_bytes(encode(np.concatenate(pieces), SAMPLE_RATE, "flac", "flac"))
-    sample = {"made_by": "python -m benchmarks.bench_word_timing --write-sample " + str(path),
-              "voice": "en-us+f3", "rate_wpm": 165, "words": reference}
-    path.with_suffix(".json").write_text(json.dumps(sample, indent=1) + "\n")
-    print(f"{path}: {offset:.1f} s, {len(reference)} words")
-    return sample
 
 
 # -- main ----------------------------------------------------------------------------------------------------------
@@ -362,12 +343,36 @@ def engines(methods: list[str], faster_whisper: bool) -> list[tuple[str, str | N
     return [("ours", method) for method in methods] + ([("faster-whisper", None)] if faster_whisper else [])
 
 
-def reference_benchmark(methods: list[str], faster_whisper: bool) -> dict[str, Any]:
+def post_hoc(clips: list[dict[str, Any]], hypotheses: list[list[dict]], method: str) -> list[list[dict]]:
+    """Whisper's words refined afterwards with `method`, the whole clip as the window (the pipeline refines each
+    VAD window): the refinement alone, without another transcription."""
+    from transcript import Word
+    from word_timing import refine_words
+
+    out = []
+    for clip, words in zip(clips, hypotheses):
+        refined = refine_words([Word(w["start"], w["end"], w["text"]) for w in words], clip["audio"],
+                               (0.0, len(clip["audio"]) / SAMPLE_RATE), method)
+        out.append([{"start": w.start, "end": w.end, "text": w.text} for w in refined])
+    return out
+
+
+def reference_benchmark(methods: list[str], faster_whisper: bool, post: list[str]) -> dict[str, Any]:
     clips = reference_clips()
     report: dict[str, Any] = {"clips": len(clips), "engines": {}}
-    for engine, method in engines(methods, faster_whisper):
+    runs = [(engine, method, None) for engine, method in engines(methods, faster_whisper)]
+    if post and ("ours", "whisper", None) in runs:
+        runs[runs.index(("ours", "whisper", None)) + 1:1] = [("ours", "whisper", m) for m in post]
+    whisper_words: list[list[dict]] = []
+    for engine, method, refined in runs:
         label = f"{engine} ({method})" if method else engine
-        hypotheses, seconds, _ = run_engine(engine, method, [clip["audio"] for clip in clips])
+        if refined:
+            label, seconds = f"ours (whisper words, then {refined}: post hoc)", 0.0
+            hypotheses = post_hoc(clips, whisper_words, refined)
+        else:
+            hypotheses, seconds, _ = run_engine(engine, method, [clip["audio"] for clip in clips])
+            if (engine, method) == ("ours", "whisper"):
+                whisper_words = hypotheses
         row: dict[str, Any] = {"seconds": round(seconds, 2)}
         for variant in ("isolated", "run-together"):
             chosen = [i for i, clip in enumerate(clips) if clip["variant"] == variant]
@@ -389,20 +394,20 @@ def real_benchmark(methods: list[str], faster_whisper: bool) -> dict[str, Any]:
         return {"skipped": f"no recordings: {AMI_DIR} and pyannote's sample.wav are absent"}
     names = list(recordings)
     audios = [audio for audio, _ in recordings.values()]
-    probabilities = [speech_frames(audio) for audio in audios]
-    ami = [i for i, name in enumerate(names) if recordings[name][1] is not None]
+    ami = [i for i, name in enumerate(names) if name.startswith("trn")]
     report: dict[str, Any] = {"recordings": names, "engines": {}}
     for engine, method in engines(methods, faster_whisper):
         label = f"{engine} ({method})" if method else engine
         hypotheses, seconds, speakers = run_engine(engine, method, audios, diarize=engine == "ours")
         totals: dict[str, int] = {}
-        for audio, words, probs in zip(audios, hypotheses, probabilities):
-            for key, value in activity(audio, words, probs).items():
+        for name, audio, words in zip(names, audios, hypotheses):
+            turns = rttm_turns(recordings[name][1], name)
+            for key, value in activity(words, turns, len(audio) / SAMPLE_RATE).items():
                 totals[key] = totals.get(key, 0) + value
         row: dict[str, Any] = {"seconds": round(seconds, 2), **totals}
-        if engine == "ours" and ami and any(speakers):
+        if ami and any(speakers):
             row["der_ami"] = diarization_error([names[i] for i in ami], [speakers[i] for i in ami],
-                                               recordings[names[ami[0]]][1])
+                                               [recordings[names[i]][1] for i in ami])
         report["engines"][label] = row
         print(f"{label:>24} real: {row}", flush=True)
     return report
@@ -410,7 +415,7 @@ def real_benchmark(methods: list[str], faster_whisper: bool) -> dict[str, Any]:
 
 def cost_benchmark(methods: list[str], rounds: int) -> dict[str, Any]:
     recordings = real_recordings()
-    audio = np.concatenate([recordings[name][0] for name in recordings if recordings[name][1] is not None])
+    audio = np.concatenate([recordings[name][0] for name in recordings if name.startswith("trn")])
     configurations = [None] + methods
     seconds: dict[str, list[float]] = {str(m or "segment"): [] for m in configurations}
     for _ in range(rounds):
@@ -426,8 +431,10 @@ def cost_benchmark(methods: list[str], rounds: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", default="whisper,energy,vad",
+    parser.add_argument("--methods", default="whisper,energy+vad",
                         help="our word_timing methods to run, comma-separated")
+    parser.add_argument("--post-hoc", default="",
+                        help="methods also applied afterwards to the words of --methods' whisper run (no new run)")
     parser.add_argument("--faster-whisper", action="store_true", help="also faster-whisper on the same weights")
     parser.add_argument("--real", action="store_true", help="also the recordings without a word reference")
     parser.add_argument("--cost", action="store_true", help="also time a 5-minute recording")
@@ -442,7 +449,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     methods = [m for m in args.methods.split(",") if m]
     report: dict[str, Any] = {}
     if not args.no_reference:
-        report["reference"] = reference_benchmark(methods, args.faster_whisper)
+        report["reference"] = reference_benchmark(methods, args.faster_whisper,
+                                                  [m for m in args.post_hoc.split(",") if m])
     if args.real:
         report["real"] = real_benchmark(methods, args.faster_whisper)
     if args.cost:

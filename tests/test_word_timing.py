@@ -44,10 +44,11 @@ def test_energy_leaves_a_boundary_without_a_pause_where_whisper_put_it():
     assert first.end == second.start == 0.75
 
 
-def test_vad_moves_a_boundary_into_the_pause_between_two_phrases(sample_bytes):
+@pytest.mark.parametrize("method", ["vad", "energy+vad"])
+def test_the_vad_methods_move_a_boundary_into_the_pause_between_two_phrases(sample_bytes, method):
     audio = decode_audio(sample_bytes)[:3 * SAMPLE_RATE]  # "Hello and welcome." then a pause until 1.65 s
     words = [Word(0.3, 1.1, " Hello and welcome."), Word(1.1, 2.6, " This is a")]
-    first, second = refine_words(words, audio, (0.0, 3.0), "vad")
+    first, second = refine_words(words, audio, (0.0, 3.0), method)
     assert 1.18 <= first.end <= 1.26 and 1.62 <= second.start <= 1.7, (first, second)
 
 
@@ -95,7 +96,7 @@ def test_real_word_times_on_an_isolated_word_clip_are_within_100_ms():
     reference = [tuple(row) for row in json.loads(CLIP.with_suffix(".json").read_text())["words"]]
     pipeline = make_pipeline(MODELS / "whisper-base")
     out = pipeline.handle({"inputs": CLIP.read_bytes(), "parameters": {"language": "en", "return_timestamps": "word"}})
-    assert out["word_timing"] == "energy"
+    assert out["word_timing"] == "energy+vad"
     pairs = match(reference, out["words"])
     assert len(pairs) >= 0.9 * len(reference), out["text"]
     errors = [max(abs(out["words"][h]["start"] - reference[r][0]), abs(out["words"][h]["end"] - reference[r][1]))
