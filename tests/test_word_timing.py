@@ -102,3 +102,32 @@ def test_real_word_times_on_an_isolated_word_clip_are_within_100_ms():
     errors = [max(abs(out["words"][h]["start"] - reference[r][0]), abs(out["words"][h]["end"] - reference[r][1]))
               for r, h in pairs]
     assert np.mean(errors) <= 0.06 and np.mean(np.array(errors) <= 0.1) >= 0.85, errors
+
+
+def test_the_response_says_how_words_were_timed(tiny_models):
+    from conftest import encode, tone
+
+    pipeline = make_pipeline(tiny_models["main"])
+    audio = encode(tone(2.0), SAMPLE_RATE, "wav", "pcm_s16le")
+    for asked, said in (({}, "energy+vad"), ({"word_timing": "whisper"}, "whisper")):
+        out = pipeline.handle({"inputs": audio, "parameters": {"return_timestamps": "word", "vad": False, **asked}})
+        assert out["word_timing"] == said
+    assert "word_timing" not in pipeline.handle({"inputs": audio, "parameters": {"vad": False}})
+
+
+# openai-whisper's _ALIGNMENT_HEADS (whisper/__init__.py): base85 gzip of a (decoder layers, heads) boolean mask
+PUBLISHED_HEADS = {"whisper-base": (b"ABzY8KQ!870{>%RzyTQH3`Q^yNP!>##QT-<FaQ7m", 6, 8),
+                   "whisper-tiny.en": (b"ABzY8J1N>@0{>%R00Bk>$p{7v037`oCl~+#00", 4, 6)}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_HEADS))
+def test_the_converted_models_carry_the_published_alignment_heads(name):
+    import base64
+    import gzip
+
+    config = MODELS / name / "generation_config.json"
+    if not config.exists():
+        pytest.skip(f"{config} is not built: bash setup.sh")
+    encoded, layers, heads = PUBLISHED_HEADS[name]
+    mask = np.frombuffer(gzip.decompress(base64.b85decode(encoded)), dtype=bool).reshape(layers, heads)
+    assert json.loads(config.read_text())["alignment_heads"] == np.argwhere(mask).tolist()
