@@ -165,22 +165,27 @@ def reference_clips(variants: tuple[str, ...] = ("isolated", "run-together")) ->
 # -- engines, each in a process of its own ----------------------------------------------------------------------
 
 def _ours(clips: list[np.ndarray], method: str | None, diarize: bool) -> tuple[list[list[dict]], float, list]:
+    """Words per clip, seconds, and (with `diarize`) the diarizer's turns per clip, from our pipeline."""
+    import threading
+
     from config import InferenceConfig, ModelSettings
+    from diarization_utils import diarize as diarize_turns
     from speech_pipeline import SpeechPipeline
 
     pipeline = SpeechPipeline(ModelSettings(assistant_model="", **({} if diarize else {"diarization_model": ""})))
     parameters: dict[str, Any] = {"language": "en", "return_timestamps": "word" if method else "segment",
-                                  "diarization": diarize}
+                                  "diarization": False}
     if method:
         parameters["word_timing"] = method
     config = InferenceConfig.parse(parameters)
     pipeline.transcribe(clips[0][:SAMPLE_RATE * 5], config)  # warm-up: the first batch of a process is slower
-    words, speakers, started = [], [], time.perf_counter()
+    words, turns, started = [], [], time.perf_counter()
     for audio in clips:
         transcript = pipeline.transcribe(audio, config)
         words.append([{"start": w.start, "end": w.end, "text": w.text} for s in transcript.segments for w in s.words])
-        speakers.append([(s.start, s.end, s.speaker) for s in transcript.speakers])
-    return words, time.perf_counter() - started, speakers
+        if diarize:  # the turns alone, so that every word timing is merged with the same ones
+            turns.append(diarize_turns(pipeline.diarizer, audio, config, threading.Event()))
+    return words, time.perf_counter() - started, turns
 
 
 def _faster_whisper(clips: list[np.ndarray]) -> tuple[list[list[dict]], float, list]:
@@ -208,7 +213,7 @@ def _worker(connection: Any, engine: str, method: str | None, clips: list[np.nda
 
 
 def run_engine(engine: str, method: str | None, clips: list[np.ndarray], diarize: bool = False) -> tuple:
-    """(words per clip, seconds, speakers per clip) from a fresh process: engines' thread pools never mix."""
+    """(words per clip, seconds, diarization turns per clip) from a fresh process: engines' thread pools never mix."""
     context = multiprocessing.get_context("spawn")
     ours, theirs = context.Pipe()
     process = context.Process(target=_worker, args=(theirs, engine, method, clips, diarize), daemon=True)
@@ -388,25 +393,45 @@ def reference_benchmark(methods: list[str], faster_whisper: bool, post: list[str
     return report
 
 
-def real_benchmark(methods: list[str], faster_whisper: bool) -> dict[str, Any]:
+def real_benchmark(methods: list[str], faster_whisper: bool, post: list[str]) -> dict[str, Any]:
+    from diarization_utils import merge_speakers
+    from transcript import Word, sentences
+
     recordings = real_recordings()
     if not recordings:
         return {"skipped": f"no recordings: {AMI_DIR} and pyannote's sample.wav are absent"}
     names = list(recordings)
-    audios = [audio for audio, _ in recordings.values()]
+    clips = [{"audio": audio} for audio, _ in recordings.values()]
     ami = [i for i, name in enumerate(names) if name.startswith("trn")]
     report: dict[str, Any] = {"recordings": names, "engines": {}}
-    for engine, method in engines(methods, faster_whisper):
+    runs = [(engine, method, None) for engine, method in engines(methods, faster_whisper)]
+    if post and ("ours", "whisper", None) in runs:
+        runs[runs.index(("ours", "whisper", None)) + 1:1] = [("ours", "whisper", m) for m in post]
+    whisper_words: list[list[dict]] = []
+    whisper_turns: list = []
+    for engine, method, refined in runs:
         label = f"{engine} ({method})" if method else engine
-        hypotheses, seconds, speakers = run_engine(engine, method, audios, diarize=engine == "ours")
+        if refined:
+            label, seconds, turns = f"ours (whisper words, then {refined}: post hoc)", 0.0, whisper_turns
+            hypotheses = post_hoc(clips, whisper_words, refined)
+        else:
+            hypotheses, seconds, turns = run_engine(engine, method, [c["audio"] for c in clips],
+                                                    diarize=engine == "ours")
+            if (engine, method) == ("ours", "whisper"):
+                whisper_words, whisper_turns = hypotheses, turns
         totals: dict[str, int] = {}
-        for name, audio, words in zip(names, audios, hypotheses):
-            turns = rttm_turns(recordings[name][1], name)
-            for key, value in activity(words, turns, len(audio) / SAMPLE_RATE).items():
-                totals[key] = totals.get(key, 0) + value
+        for name, clip, words in zip(names, clips, hypotheses):
+            reference = rttm_turns(recordings[name][1], name)
+            for key, value in activity(words, reference, len(clip["audio"]) / SAMPLE_RATE).items():
+                totals[key] = totals.get(key, 0) + int(value)
         row: dict[str, Any] = {"seconds": round(seconds, 2), **totals}
-        if ami and any(speakers):
-            row["der_ami"] = diarization_error([names[i] for i in ami], [speakers[i] for i in ami],
+        if ami and turns:
+            speakers = []
+            for i in ami:
+                words = [Word(w["start"], w["end"], w["text"]) for w in hypotheses[i]]
+                merged = merge_speakers(turns[i], sentences(words), by_word=True)
+                speakers.append([(s.start, s.end, s.speaker) for s in merged])
+            row["der_ami"] = diarization_error([names[i] for i in ami], speakers,
                                                [recordings[names[i]][1] for i in ami])
         report["engines"][label] = row
         print(f"{label:>24} real: {row}", flush=True)
@@ -452,7 +477,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["reference"] = reference_benchmark(methods, args.faster_whisper,
                                                   [m for m in args.post_hoc.split(",") if m])
     if args.real:
-        report["real"] = real_benchmark(methods, args.faster_whisper)
+        report["real"] = real_benchmark(methods, args.faster_whisper, [m for m in args.post_hoc.split(",") if m])
     if args.cost:
         report["cost"] = cost_benchmark(methods, args.rounds)
     if args.out:
