@@ -342,6 +342,24 @@ def diarization_error(names: list[str], speakers: list[list], rttms: list[Path])
     return round(abs(metric), 4)
 
 
+def write_sample(path: Path) -> dict[str, Any]:
+    """The test clip: the first sentence, words spoken alone by en-us+f3 at 165 wpm, with their references."""
+    from benchmarks.fixtures import encode
+
+    espeak, rng, pieces, reference, offset = Espeak(), np.random.default_rng(7), [], [], 0.0
+    for sentence in SENTENCES[:1]:
+        audio, words = isolated_clip(espeak, sentence, "en-us+f3", 165, rng)
+        pieces.append(audio)
+        reference += [(round(start + offset, 4), round(end + offset, 4), word) for start, end, word in words]
+        offset += len(audio) / SAMPLE_RATE
+    path.write_bytes(encode(np.concatenate(pieces), SAMPLE_RATE, "flac", "flac"))
+    sample = {"made_by": "python -m benchmarks.bench_word_timing --write-sample " + str(path),
+              "voice": "en-us+f3", "rate_wpm": 165, "words": reference}
+    path.with_suffix(".json").write_text(json.dumps(sample, indent=1) + "\n")
+    print(f"{path}: {offset:.1f} s, {len(reference)} words")
+    return sample
+
+
 # -- main ----------------------------------------------------------------------------------------------------------
 
 def engines(methods: list[str], faster_whisper: bool) -> list[tuple[str, str | None]]:

@@ -131,3 +131,16 @@ def test_the_converted_models_carry_the_published_alignment_heads(name):
     encoded, layers, heads = PUBLISHED_HEADS[name]
     mask = np.frombuffer(gzip.decompress(base64.b85decode(encoded)), dtype=bool).reshape(layers, heads)
     assert json.loads(config.read_text())["alignment_heads"] == np.argwhere(mask).tolist()
+
+
+def test_the_benchmark_pairs_reference_words_with_the_same_or_respelled_words():
+    from benchmarks.bench_word_timing import match, score
+
+    reference = [(0.0, 0.4, "The"), (0.5, 0.9, "old"), (1.0, 1.5, "harbour"), (1.6, 2.0, "was")]
+    words = [{"start": 0.0, "end": 0.45, "text": " The"}, {"start": 0.45, "end": 0.9, "text": " old"},
+             {"start": 0.9, "end": 1.5, "text": " harbor,"}, {"start": 1.6, "end": 2.0, "text": " was"},
+             {"start": 2.0, "end": 2.2, "text": " uh"}]
+    assert match(reference, words) == [(0, 0), (1, 1), (2, 2), (3, 3)]
+    result = score([{"reference": reference}], [words])
+    assert result["matched"] == 4 and result["start_error_ms"]["mean"] == 37.5  # (0 + 50 + 100 + 0) / 4
+    assert result["pauses"] == 3 and result["pauses_swallowed"] == 2 and result["within_100ms"] == 1.0
