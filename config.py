@@ -79,6 +79,9 @@ class InferenceConfig(BaseModel):
         "text that comes before the audio (names, terms, spelling, style): every window is decoded as its "
         "continuation; as in OpenAI's API only the last 223 tokens count"))
     return_timestamps: Literal["segment", "word"] = Field("segment", description="word adds per-word times")
+    word_timing: Literal["auto", "whisper", "energy", "vad", "energy+vad"] = Field("auto", description=(
+        "how word boundaries are placed: whisper (cross-attention DTW alone), energy, vad or energy+vad (moved "
+        "into the pauses and onto the speech edges they find); auto: the measured best, energy+vad"))
     vad: bool = Field(True, description="cut non-speech out with a voice-activity detector before Whisper")
     diarization: bool = Field(True, description="attribute speakers when a diarization model is loaded")
     return_turns: bool = Field(False, description="add the diarizer's own speaker turns (`turns`) to the response")

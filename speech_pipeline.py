@@ -22,6 +22,7 @@ from diarization_utils import Diarization, diarize, load_diarizer, merge_speaker
 from errors import Cancelled, RequestError, redact
 from transcript import Segment, Transcript, Word, sentences
 from vad import SpeechDetector, group_windows, max_windows
+from word_timing import refine_words, resolve
 
 logger = logging.getLogger(__name__)
 CPU_MAX_BATCH = 24  # windows in one forward pass on a CPU, whatever batch_size asks for
@@ -294,7 +295,8 @@ class SpeechPipeline:
             generate_kwargs = {**generate_kwargs, **self.assistant_kwargs}
         segments, languages = self._transcribe_windows(audio, windows, config, generate_kwargs, assisted, cancel)
         text = "".join(segment.text for segment in segments).strip()
-        transcript = Transcript(text=text, segments=segments, duration=duration, language=_majority(languages))
+        transcript = Transcript(text=text, segments=segments, duration=duration, language=_majority(languages),
+                                word_timing=resolve(config.word_timing) if config.return_timestamps == "word" else None)
         if self.diarizer is not None and config.diarization:
             found, transcript.speakers = self.attribute_speakers(audio, config, segments, cancel)
             transcript.turns = found.turns
@@ -393,7 +395,8 @@ class SpeechPipeline:
                        c["text"]) for c in output.get("chunks", []) if c["text"]]
             if chunks and language:
                 spoken[language] += end - start
-            found = (sentences([Word(s, e, t) for s, e, t in chunks]) if word_level
+            found = (sentences(refine_words([Word(s, e, t) for s, e, t in chunks], audio, (start, end),
+                                            config.word_timing)) if word_level
                      else [Segment(s, e, t) for s, e, t in chunks])
             segments.extend(replace(segment, language=language, temperature=attempt.temperature,
                                     avg_logprob=attempt.avg_logprob, compression_ratio=attempt.compression_ratio,
