@@ -35,8 +35,11 @@ class Diarization:
 def load_diarizer(name: str, token: str | None, device: torch.device) -> Any:
     """Load a pyannote pipeline from a hub id or a local directory / config.yaml; fail fast with advice."""
     import offline_diarizer  # noqa: F401  (turns pyannote telemetry off; offline checkpoints name its classes)
+    from huggingface_hub.errors import GatedRepoError
     from pyannote.audio import Pipeline
 
+    gated = (f"could not load DIARIZATION_MODEL {name!r}: accept its conditions on the hub and set HF_TOKEN to a "
+             "token that can read it, or point it at a local pipeline directory")
     # pyannote 4 names it `token`; 3.x (the endpoint's, which keeps the image's torch) `use_auth_token`
     token_3x = "token" not in inspect.signature(Pipeline.from_pretrained).parameters
     try:
@@ -44,11 +47,12 @@ def load_diarizer(name: str, token: str | None, device: torch.device) -> Any:
             pipeline = _local_pipeline_3x(Path(name) / "config.yaml")
         else:
             pipeline = Pipeline.from_pretrained(name, **{"use_auth_token" if token_3x else "token": token})
+    except GatedRepoError as error:  # pyannote 4 raises it for a gated model without (or with a refused) token
+        raise RuntimeError(f"{gated} ({redact(str(error), token)})") from None
     except Exception as error:
         raise RuntimeError(f"could not load DIARIZATION_MODEL {name!r}: {redact(str(error), token)}") from None
-    if pipeline is None:  # pyannote returns None for gated or missing models instead of raising
-        raise RuntimeError(f"could not load DIARIZATION_MODEL {name!r}: accept its conditions on the hub and set "
-                           "HF_TOKEN to a token that can read it, or point it at a local pipeline directory")
+    if pipeline is None:  # older pyannote returns None for gated or missing models instead of raising
+        raise RuntimeError(gated)
     return pipeline.to(device)
 
 

@@ -70,9 +70,11 @@ def to_verbose_json(transcript: Transcript, task: str = "transcribe", words: boo
     diarized = bool(transcript.speakers) or any(speakers)
     segments = []
     for i, (segment, speaker) in enumerate(zip(transcript.segments, speakers)):
-        # decoding is greedy, i.e. temperature 0; the pipeline reports no log-probabilities to fill the rest
         item: dict[str, Any] = {"id": i, "start": segment.start, "end": segment.end, "text": segment.text,
-                                "temperature": 0.0}
+                                "temperature": segment.temperature}
+        for name in ("avg_logprob", "compression_ratio", "no_speech_prob"):  # of the segment's window, when measured
+            if getattr(segment, name) is not None:
+                item[name] = round(getattr(segment, name), 4)
         if diarized:
             item["speaker"] = speaker
         segments.append(item)

@@ -17,6 +17,7 @@ from benchmarks.bench_diarization_real import AMI, Scores, annotation, hints, lo
 
 TWO_SPEAKERS = ROOT / "samples" / "two_speakers.ogg"
 REFERENCE = json.loads((ROOT / "samples" / "two_speakers.json").read_text())["turns"]
+WORD_TOLERANCE_S = 0.5  # Whisper's cross-attention word times against the synthesized speech's exact edges
 TOLERANCE_S = 0.6  # turn boundaries: Silero frames are 32 ms, pyannote chunks step 0.5 s, plus VAD hysteresis
 
 
@@ -129,6 +130,15 @@ def test_offline_default_recovers_the_turns_of_two_voices(offline_default, hints
             assert ref["end"] - TOLERANCE_S < change < following["start"] + TOLERANCE_S, (change, ref, following)
 
 
+@pytest.mark.parametrize("hints, count", [({"num_speakers": 1}, 1), ({"num_speakers": 3}, 3),
+                                          ({"min_speakers": 3}, 3), ({"max_speakers": 1}, 1)])
+def test_speaker_hints_give_that_many_speakers(offline_default, hints, count):
+    """The clip has two voices: hints that disagree must still be obeyed (pyannote's clustering takes them)."""
+    audio = decode_audio(TWO_SPEAKERS.read_bytes())
+    turns = diarize(offline_default, audio, InferenceConfig.parse(hints))
+    assert len({speaker for _, _, speaker in turns}) == count, turns
+
+
 @pytest.fixture(scope="module")
 def diarized():
     return make_pipeline(MODELS / "whisper-base", diarization=MODELS / "diarization")
@@ -163,6 +173,11 @@ def test_word_level_speakers(diarized):
                   min(abs(middle - r["start"]), abs(middle - r["end"])))
         correct += mapping.setdefault(word["speaker"], ref["speaker"]) == ref["speaker"]
     assert correct / len(out["words"]) >= 0.9
+    for ref in REFERENCE:  # every turn's first and last word where the reference says the turn starts and ends
+        said = [w for w in out["words"] if ref["start"] - WORD_TOLERANCE_S <= w["start"] < ref["end"]]
+        assert said and jiwer.wer(words(ref["text"]), words("".join(w["text"] for w in said))) <= 0.3, ref
+        assert abs(said[0]["start"] - ref["start"]) < WORD_TOLERANCE_S, (said[0], ref)
+        assert abs(said[-1]["end"] - ref["end"]) < WORD_TOLERANCE_S, (said[-1], ref)
     assert all("words" in s for s in out["speakers"])
     assert [w for s in out["speakers"] for w in s["words"]] == out["words"]
 
