@@ -26,6 +26,7 @@ from config import InferenceConfig
 from errors import RequestError, invalid_parameter
 from formats import ResponseFormat, render
 from speech_pipeline import SpeechPipeline
+from streaming import stream_transcription
 
 logger = logging.getLogger(__name__)
 MEDIA_TYPES = {"text": "text/plain", "srt": "application/x-subrip", "vtt": "text/vtt"}
@@ -149,7 +150,8 @@ def openai_form(
     temperature: Annotated[float, Form(ge=0, le=1, description="accepted; decoding is greedy (temperature 0)")] = 0,
     timestamp_granularities: Annotated[list[Literal["segment", "word"]] | None,
                                        Form(alias="timestamp_granularities[]")] = None,
-    stream: Annotated[bool, Form(description="streaming is not supported")] = False,
+    stream: Annotated[bool, Form(description="server-sent events: `transcript.text.delta` as the windows are "
+                                 "decoded, then `transcript.text.done`")] = False,
 ) -> OpenAIRequest:
     return OpenAIRequest(file=file, model=model, language=language, prompt=prompt, response_format=response_format,
                          temperature=temperature, timestamp_granularities=timestamp_granularities or ["segment"],
@@ -174,8 +176,6 @@ async def translations(request: Request, form: Annotated[OpenAIRequest, Depends(
 
 async def _openai(request: Request, form: OpenAIRequest, task: str) -> Response:
     pipeline = service_of(request).ready()
-    if form.stream:
-        raise RequestError("stream is not supported: leave it unset or false", field="stream")
     words = "word" in form.timestamp_granularities
     extra = {key: value for key, value in (await request.form()).items()
              if key in InferenceConfig.model_fields and key not in _OPENAI_FIELDS and isinstance(value, str)}
@@ -192,6 +192,8 @@ async def _openai(request: Request, form: OpenAIRequest, task: str) -> Response:
         return render(transcript, form.response_format, task, words)
 
     try:
+        if form.stream:
+            return await stream_transcription(request, pipeline, data, config, form.response_format)
         out = await service_of(request).execute(request, job)
     except RequestError as error:
         if error.field == "inputs":  # the audio arrives in the OpenAI form's `file` field

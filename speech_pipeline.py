@@ -8,6 +8,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+# on_window(index, segments): a streamed request's windows, in audio order, each as soon as it is decoded
+WindowCallback = Callable[[int, list["Segment"]], None]
+
 import numpy as np
 import torch
 
@@ -186,7 +189,8 @@ class SpeechPipeline:
         transcript, config = self.transcribe_request(data, cancel)
         return transcript.to_response(words=config.return_timestamps == "word")
 
-    def transcribe_request(self, data: Any, cancel: threading.Event | None = None) -> tuple[Transcript, InferenceConfig]:
+    def transcribe_request(self, data: Any, cancel: threading.Event | None = None,
+                           on_window: WindowCallback | None = None) -> tuple[Transcript, InferenceConfig]:
         """Validate the parameters, decode the audio once and transcribe it; raises RequestError on bad input."""
         if isinstance(data, (bytes, bytearray, memoryview)):
             data = {"inputs": data}
@@ -196,12 +200,16 @@ class SpeechPipeline:
         with self._batcher.arriving():
             audio = decode_audio(payload_bytes(data.get("inputs")), config.audio_format, config.sampling_rate,
                                  self.settings.max_audio_seconds)
-        return self.transcribe(audio, config, cancel), config
+        return self.transcribe(audio, config, cancel, on_window), config
 
-    def transcribe(self, audio: np.ndarray, config: InferenceConfig, cancel: threading.Event | None = None) -> Transcript:
+    def transcribe(self, audio: np.ndarray, config: InferenceConfig, cancel: threading.Event | None = None,
+                   on_window: WindowCallback | None = None) -> Transcript:
         """Transcribe 16 kHz mono float32 audio (and diarize it when a diarization model is loaded).
 
-        Setting `cancel` (a request's timeout) stops the work at the next check and raises `Cancelled`."""
+        Setting `cancel` (a request's timeout) stops the work at the next check and raises `Cancelled`. With
+        `on_window` the windows are decoded in batches of growing size (1, 2, 4, ... up to the batch size), in audio
+        order, and each window's segments are handed to it as soon as its batch is out (streaming); the text is the
+        same."""
         cancel = cancel or threading.Event()
         generate_kwargs = self.generate_kwargs(config)  # refuses bad options before the VAD runs
         duration = len(audio) / SAMPLE_RATE
@@ -212,7 +220,7 @@ class SpeechPipeline:
         assisted = self.use_assistant(config, len(windows))
         if assisted:
             generate_kwargs = {**generate_kwargs, **self.assistant_kwargs}
-        segments = self._transcribe_windows(audio, windows, config, generate_kwargs, assisted, cancel)
+        segments = self._transcribe_windows(audio, windows, config, generate_kwargs, assisted, cancel, on_window)
         text = "".join(segment.text for segment in segments).strip()
         transcript = Transcript(text=text, segments=segments, duration=duration,
                                 language=generate_kwargs.get("language") or (None if self.multilingual else "en"))
@@ -231,29 +239,48 @@ class SpeechPipeline:
             return self.asr(inputs, batch_size=batch_size, **{**options, "generate_kwargs": generate_kwargs})
 
     def _transcribe_windows(self, audio: np.ndarray, windows: list[tuple[float, float]], config: InferenceConfig,
-                            generate_kwargs: dict[str, Any], assisted: bool, cancel: threading.Event) -> list[Segment]:
+                            generate_kwargs: dict[str, Any], assisted: bool, cancel: threading.Event,
+                            on_window: WindowCallback | None = None) -> list[Segment]:
         if not windows:
             return []
         inputs = [{"raw": audio[int(s * SAMPLE_RATE):int(e * SAMPLE_RATE)], "sampling_rate": SAMPLE_RATE}
                   for s, e in windows]
         word_level = config.return_timestamps == "word"
         options = {"return_timestamps": "word" if word_level else True, "generate_kwargs": generate_kwargs}
-        if assisted:  # drafts decode one sequence at a time
-            outputs = self._forward(inputs, 1, options, cancel.is_set)
-            _check(cancel)
-        else:
-            key = (tuple(sorted((k, tuple(v.tolist()) if isinstance(v, torch.Tensor) else v)  # prompt_ids
-                                for k, v in generate_kwargs.items())), word_level)
-            outputs = self._batcher.submit(key, inputs, config.effective_batch_size, options, cancel)
+        key = (tuple(sorted((k, tuple(v.tolist()) if isinstance(v, torch.Tensor) else v)  # prompt_ids
+                            for k, v in generate_kwargs.items())), word_level)
         segments: list[Segment] = []
-        for (start, end), output in zip(windows, outputs):
-            chunks = [(_clock(c["timestamp"][0], start, start, end), _clock(c["timestamp"][1], end, start, end),
-                       c["text"]) for c in output.get("chunks", []) if c["text"]]
-            if word_level:
-                segments.extend(sentences([Word(s, e, t) for s, e, t in chunks]))
+        done = 0
+        for size in [len(inputs)] if on_window is None else _growing(len(inputs), config.effective_batch_size):
+            batch = inputs[done:done + size]
+            if assisted:  # drafts decode one sequence at a time
+                outputs = self._forward(batch, 1, options, cancel.is_set)
+                _check(cancel)
             else:
-                segments.extend(Segment(s, e, t) for s, e, t in chunks)
+                outputs = self._batcher.submit(key, batch, config.effective_batch_size, options, cancel)
+            for index, ((start, end), output) in enumerate(zip(windows[done:done + size], outputs), done):
+                chunks = [(_clock(c["timestamp"][0], start, start, end), _clock(c["timestamp"][1], end, start, end),
+                           c["text"]) for c in output.get("chunks", []) if c["text"]]
+                if word_level:
+                    window_segments = sentences([Word(s, e, t) for s, e, t in chunks])
+                else:
+                    window_segments = [Segment(s, e, t) for s, e, t in chunks]
+                segments.extend(window_segments)
+                if on_window is not None:
+                    on_window(index, window_segments)
+            done += size
         return segments
+
+
+def _growing(total: int, batch_size: int) -> list[int]:
+    """Batch sizes 1, 2, 4, ... up to `batch_size` covering `total` windows: the first window is out after one
+    window's decoding time, later batches still share forward passes."""
+    sizes, size = [], 1
+    while total > 0:
+        sizes.append(min(size, total))
+        total -= sizes[-1]
+        size = min(size * 2, batch_size)
+    return sizes
 
 
 class _StopWhen:
