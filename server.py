@@ -25,6 +25,7 @@ from admission import BodyLimit, InferenceRoute, ServerSettings, Service, servic
 from config import InferenceConfig
 from errors import RequestError, invalid_parameter
 from formats import ResponseFormat, render
+from realtime import RealtimeSettings, register as register_realtime
 from speech_pipeline import SpeechPipeline
 from streaming import stream_transcription
 
@@ -212,12 +213,14 @@ async def health(request: Request) -> JSONResponse:
             return JSONResponse({"status": "failed", "error": "the models could not be loaded: see the server log"},
                                 500)
         return JSONResponse({"status": "loading"}, 503, headers={"Retry-After": str(service.settings.retry_after_s)})
-    queue = service.queue
+    queue, realtime = service.queue, request.app.state.realtime
     return JSONResponse({"status": "ok", "model": service.model_info(),
-                         "queue": {"held": queue.held, "capacity": queue.capacity}})
+                         "queue": {"held": queue.held, "capacity": queue.capacity},
+                         "realtime": {"sessions": len(realtime.sessions), "capacity": realtime.settings.max_sessions}})
 
 
-def create_app(pipeline: SpeechPipeline | None = None, settings: ServerSettings | None = None) -> FastAPI:
+def create_app(pipeline: SpeechPipeline | None = None, settings: ServerSettings | None = None,
+               realtime: RealtimeSettings | None = None) -> FastAPI:
     """The server app; without `pipeline`, one SpeechPipeline(ModelSettings()) loads in the background at start-up."""
     service = Service(settings or ServerSettings(), pipeline)
 
@@ -226,10 +229,13 @@ def create_app(pipeline: SpeechPipeline | None = None, settings: ServerSettings 
         service.start_loading()  # in a thread: /health answers 503 "loading" meanwhile
         yield
         service.queue.shutdown()
+        app.state.realtime.shutdown()
 
     app = FastAPI(title="Whisper + diarization server", version="1.0", lifespan=lifespan,
-                  description="Speech to text: the Inference Endpoints contract on `POST /` and OpenAI-compatible "
-                              "`/v1/audio/transcriptions` and `/v1/audio/translations`.")
+                  description="Speech to text: the Inference Endpoints contract on `POST /`, OpenAI-compatible "
+                              "`/v1/audio/transcriptions` and `/v1/audio/translations` (`stream=true`: server-sent "
+                              "events), and OpenAI's Realtime transcription sessions on the WebSocket "
+                              "`/v1/realtime?intent=transcription`.")
     app.state.service = service
     app.add_middleware(BodyLimit, max_bytes=service.settings.max_upload_bytes)
     app.add_exception_handler(RequestError, _request_error)
@@ -238,6 +244,7 @@ def create_app(pipeline: SpeechPipeline | None = None, settings: ServerSettings 
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_api_route("/health", health, methods=["GET"], summary="Readiness and model info")
     app.include_router(inference)
+    app.state.realtime = register_realtime(app, service, realtime)
     return app
 
 

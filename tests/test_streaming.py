@@ -1,0 +1,167 @@
+"""stream=true on the OpenAI routes: the real openai SDK reads the server-sent events (tiny random Whisper)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx2
+import numpy as np
+import openai
+import pytest
+from conftest import encode, make_pipeline, serving, tone
+from fastapi.testclient import TestClient
+
+from audio import decode_audio
+from config import InferenceConfig
+from server import ServerSettings, create_app
+
+# three windows of a tone each (random models need no speech; the VAD is off)
+FIELDS = {"vad": "false", "chunk_length_s": "10", "language": "en"}
+KEY = "sk-stream-test"
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_models):
+    return make_pipeline(tiny_models["main"])
+
+
+@pytest.fixture(scope="module")
+def wav() -> bytes:
+    return encode(np.concatenate([tone(10), tone(10, freq=330), tone(8, freq=440)]), 16000, "wav", "pcm_s16le")
+
+
+@pytest.fixture(scope="module")
+def client(tiny):
+    with TestClient(create_app(tiny, ServerSettings())) as test_client:
+        yield test_client
+
+
+def sdk(client: TestClient) -> openai.OpenAI:
+    return openai.OpenAI(api_key="unused", base_url="http://testserver/v1", http_client=client, max_retries=0)
+
+
+def test_the_sdk_streams_deltas_whose_text_is_the_plain_answer(client, wav):
+    plain = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav)},
+                        data={"model": "whisper-1", **FIELDS}).json()["text"]
+    events = list(sdk(client).audio.transcriptions.create(file=("a.wav", wav), model="whisper-1", stream=True,
+                                                          extra_body=FIELDS))
+    types = [event.type for event in events]
+    assert types[-1] == "transcript.text.done" and set(types[:-1]) == {"transcript.text.delta"}
+    assert len(types) - 1 == 3  # one delta a window
+    assert events[-1].text == plain and plain
+    assert "".join(event.delta for event in events[:-1]) == plain
+
+
+def test_translation_streams_too(client, wav):
+    plain = client.post("/v1/audio/translations", files={"file": ("a.wav", wav)},
+                        data={"model": "whisper-1", **FIELDS}).json()["text"]
+    response = client.post("/v1/audio/translations", files={"file": ("a.wav", wav)},
+                           data={"model": "whisper-1", "stream": "true", **FIELDS})
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [json.loads(line.removeprefix("data: ")) for line in response.text.splitlines() if line]
+    assert events[-1] == {"type": "transcript.text.done", "text": plain}
+
+
+def test_windows_are_handed_over_in_order_in_growing_batches(tiny):
+    audio = decode_audio(encode(np.concatenate([tone(3, freq=200 + 40 * i) for i in range(7)]), 16000, "wav",
+                                "pcm_s16le"))
+    config = InferenceConfig.parse({"vad": False, "chunk_length_s": 3, "batch_size": 4})
+    sizes, seen = [], []
+    submit = tiny._batcher.submit
+
+    def spy(key, inputs, *args, **kwargs):
+        sizes.append(len(inputs))
+        return submit(key, inputs, *args, **kwargs)
+
+    tiny._batcher.submit = spy
+    try:
+        streamed = tiny.transcribe(audio, config, on_window=lambda index, segments: seen.append((index, segments)))
+    finally:
+        del tiny._batcher.submit
+    assert sizes == [1, 2, 4]  # the first window is out after one window's decoding, then batches share passes
+    assert [index for index, _ in seen] == list(range(7))
+    assert [s for _, segments in seen for s in segments] == streamed.segments
+    assert streamed == tiny.transcribe(audio, config)  # the non-streamed path: one submit, the same transcript
+
+
+def test_errors_before_the_stream_keep_their_status(tiny, client, wav):
+    bad = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", b"not audio")},
+                      data={"model": "whisper-1", "stream": "true"})
+    assert bad.status_code == 415 and bad.json()["field"] == "file"
+    unknown = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav)},
+                          data={"model": "whisper-1", "stream": "true", "language": "klingon"})
+    assert unknown.status_code == 422 and unknown.json()["field"] == "language"
+    with TestClient(create_app(tiny, ServerSettings(api_key=KEY))) as locked:
+        with pytest.raises(openai.AuthenticationError):
+            list(sdk(locked).audio.transcriptions.create(file=("a.wav", wav), model="whisper-1", stream=True))
+
+
+class FailsAfterFirstWindow:
+    """The tiny pipeline, but the transcription fails once its first window was handed over."""
+
+    def __init__(self, pipeline):
+        self._pipeline = pipeline
+
+    def __getattr__(self, name):
+        return getattr(self._pipeline, name)
+
+    def transcribe_request(self, data, cancel=None, on_window=None):
+        def first_then_fail(index, segments):
+            on_window(index, segments)
+            raise RuntimeError("the GPU fell off")
+
+        return self._pipeline.transcribe_request(data, cancel, first_then_fail)
+
+
+def test_an_error_mid_stream_ends_it_with_an_error_event(tiny, wav):
+    with TestClient(create_app(FailsAfterFirstWindow(tiny), ServerSettings())) as client:
+        stream = sdk(client).audio.transcriptions.create(file=("a.wav", wav), model="whisper-1", stream=True,
+                                                         extra_body=FIELDS)
+        first = next(iter(stream))
+        assert first.type == "transcript.text.delta"
+        with pytest.raises(openai.APIError, match="transcription failed"):
+            list(stream)
+
+
+class Paced:
+    """The tiny pipeline; every window after the first waits on `gate`, and `cancelled` records the cancel event."""
+
+    def __init__(self, pipeline):
+        self._pipeline, self.gate, self.cancelled = pipeline, threading.Event(), threading.Event()
+        self.windows = 0
+
+    def __getattr__(self, name):
+        return getattr(self._pipeline, name)
+
+    def transcribe_request(self, data, cancel=None, on_window=None):
+        def paced(index, segments):
+            self.windows += 1
+            on_window(index, segments)
+            while not cancel.is_set() and not self.gate.wait(0.05):
+                pass
+            if cancel.is_set():
+                self.cancelled.set()
+
+        return self._pipeline.transcribe_request(data, cancel, paced)
+
+
+def test_the_first_delta_comes_before_the_rest_and_a_client_that_leaves_cancels_the_work(tiny, wav):
+    """Over a real socket: the first event arrives while later windows are still held back; closing the connection
+    then sets the transcription's cancel event, so the rest is never decoded."""
+    paced = Paced(tiny)
+    app = create_app(paced, ServerSettings())
+    with serving(app) as url, httpx2.Client(base_url=url, timeout=30) as http:
+        with http.stream("POST", "/v1/audio/transcriptions", files={"file": ("a.wav", wav)},
+                         data={"model": "whisper-1", "stream": "true", **FIELDS}) as response:
+            assert response.status_code == 200
+            line = next(line for line in response.iter_lines() if line)
+            assert json.loads(line.removeprefix("data: "))["type"] == "transcript.text.delta"
+            assert paced.windows == 1 and not paced.cancelled.is_set()
+        # the response is closed: the server hears the disconnect and cancels
+        assert paced.cancelled.wait(10)
+        deadline = time.monotonic() + 10
+        while app.state.service.queue.held and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert app.state.service.queue.held == 0 and paced.windows == 1  # its queue place is free again
