@@ -19,7 +19,7 @@ from errors import Cancelled
 Forward = Callable[[list[Any], int, dict[str, Any], Callable[[], bool]], list[Any]]
 
 
-@dataclass
+@dataclass(eq=False)  # jobs are compared by identity: their inputs hold arrays
 class _Job:
     key: Hashable
     inputs: list[Any]

@@ -57,3 +57,32 @@ def test_without_arrivals_a_batch_starts_after_the_short_window():
     started = time.perf_counter()
     assert batcher.submit("k", [3, 4], 8, {}) == [30, 40]
     assert time.perf_counter() - started < 1.0 and calls == [[3, 4]]
+
+
+def test_a_cancelled_job_behind_another_leaves_the_queue_and_the_batcher_keeps_serving():
+    """Jobs whose inputs are arrays (audio windows) are told apart by identity: removing a cancelled job that is not
+    first in the queue once compared arrays and killed the batcher thread."""
+    import numpy as np
+
+    from errors import Cancelled
+
+    batcher, calls = _recording_batcher(wait_s=0.2, arrival_wait_s=0.0)
+    cancel, results = threading.Event(), {}
+
+    def submit(name, inputs, event=None):
+        try:
+            results[name] = batcher.submit("k", inputs, 8, {}, event)
+        except Cancelled:
+            results[name] = "cancelled"
+
+    first = threading.Thread(target=submit, args=("first", [np.ones(3)]))
+    second = threading.Thread(target=submit, args=("second", [np.ones(5)], cancel))
+    first.start()
+    time.sleep(0.02)
+    second.start()
+    time.sleep(0.02)
+    cancel.set()  # given up while waiting behind the first
+    first.join(5)
+    second.join(5)
+    assert results["second"] == "cancelled" and results["first"][0].tolist() == [10, 10, 10]
+    assert batcher.submit("k", [np.zeros(2)], 8, {})[0].tolist() == [0, 0]  # still serving
