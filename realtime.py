@@ -136,9 +136,6 @@ class Realtime:
             logger.info("realtime session %s ended", session.id)
 
     def _refusal(self, ws: WebSocket) -> tuple[int, str] | None:
-        intent = ws.query_params.get("intent", "transcription")
-        if intent != "transcription":
-            return 400, f"intent {intent!r} is not served: this server runs transcription sessions (intent=transcription)"
         header = ws.headers.get("authorization")
         for protocol in ws.scope.get("subprotocols") or []:  # browsers cannot set headers: OpenAI's subprotocol
             if header is None and protocol.startswith("openai-insecure-api-key."):
@@ -148,6 +145,9 @@ class Realtime:
             self.service.ready()
         except RequestError as error:
             return error.status, error.message
+        intent = ws.query_params.get("intent", "transcription")
+        if intent != "transcription":
+            return 400, f"intent {intent!r} is not served: this server runs transcription sessions only"
         if len(self.sessions) >= self.settings.max_sessions:
             return 503, (f"the server holds {len(self.sessions)} realtime sessions (REALTIME_MAX_SESSIONS): "
                          "retry later")
@@ -188,6 +188,8 @@ class Session:
                 try:
                     message = await asyncio.wait_for(self.ws.receive(), self.settings.idle_timeout_s)
                 except TimeoutError:
+                    if self.last_final is not None and not self.last_final.done():
+                        continue  # the client waits for a transcript: not idle
                     self.error(f"no event for {self.settings.idle_timeout_s:g} s (REALTIME_IDLE_TIMEOUT_S): "
                                "closing the session", "idle_timeout")
                     self.outbox.put_nowait(None)
@@ -467,7 +469,8 @@ def _ga_session(raw: dict[str, Any]) -> SessionRequest:
 def _beta_session(raw: dict[str, Any]) -> SessionRequest:
     fmt = raw.get("input_audio_format")
     if fmt not in (None, "pcm16"):
-        raise RequestError(f"input_audio_format {fmt!r} is not supported: send pcm16", field="session.input_audio_format")
+        raise RequestError(f"input_audio_format {fmt!r} is not supported: send pcm16",
+                           field="session.input_audio_format")
     return _session({"transcription": raw.get("input_audio_transcription"), "turn_detection": raw.get("turn_detection"),
                      "turn_detection_set": "turn_detection" in raw}, "session")
 

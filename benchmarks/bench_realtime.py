@@ -103,7 +103,8 @@ async def live_session(url: str, audio: np.ndarray, spans: list[tuple[float, flo
 
     starts = {e["item_id"]: e["audio_start_ms"] / 1000 for _, e in events
               if e["type"] == "input_audio_buffer.speech_started"}
-    ends = {e["item_id"]: e["audio_end_ms"] / 1000 for _, e in events if e["type"] == "input_audio_buffer.speech_stopped"}
+    ends = {e["item_id"]: e["audio_end_ms"] / 1000 for _, e in events
+            if e["type"] == "input_audio_buffer.speech_stopped"}
     out = []
     for start, end in spans:
         # the items server VAD cut this utterance into (one, unless it heard a pause of 500 ms in it)
