@@ -31,7 +31,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from admission import Service
 from audio import SAMPLE_RATE, PcmStream
 from config import InferenceConfig
-from errors import RequestError, invalid_parameter
+from errors import Cancelled, RequestError, invalid_parameter
 from vad import FRAME, StreamingVad
 
 logger = logging.getLogger(__name__)
@@ -112,6 +112,9 @@ class Realtime:
     def __init__(self, service: Service, settings: RealtimeSettings):
         self.service, self.settings = service, settings
         self.sessions: set[Session] = set()
+        # finals go first: while one waits, partial decodes are not started and those in flight are given up
+        self.finals_pending = 0
+        self.partial_cancels: set[threading.Event] = set()
         # each session has at most a partial and a final decode waiting on the batcher at once
         self.executor = ThreadPoolExecutor(max(1, 2 * settings.max_sessions), thread_name_prefix="realtime")
 
@@ -364,12 +367,18 @@ class Session:
         self.last_final = self._spawn(self._final(item, audio, self.last_final))
 
     async def _final(self, item: Item, audio: np.ndarray, previous: asyncio.Task | None) -> None:
+        realtime = self.realtime
+        realtime.finals_pending += 1
+        for cancel in list(realtime.partial_cancels):  # a batch of partials only stops at its next decoding step
+            cancel.set()
         try:
             text, error = await self._decode(audio), None
         except asyncio.CancelledError:
             raise
         except Exception as failure:  # the session goes on; this item reports its failure
             text, error = "", failure
+        finally:
+            realtime.finals_pending -= 1
         if previous is not None:  # completed events go out in the order the items were committed
             await asyncio.gather(previous, return_exceptions=True)
         if error is not None:
@@ -393,9 +402,14 @@ class Session:
         while True:
             started = time.monotonic()
             end = self.total
-            if end - item.start >= SAMPLE_RATE and end - decoded >= SAMPLE_RATE // 2:
+            if end - item.start >= SAMPLE_RATE and end - decoded >= SAMPLE_RATE // 2 and \
+                    not self.realtime.finals_pending:
+                try:
+                    words = (await self._decode(self.buffer[item.start - self.base:end - self.base].copy(),
+                                                partial=True)).split()
+                except Cancelled:  # given up for a final decode: try again later
+                    continue
                 decoded = end
-                words = (await self._decode(self.buffer[item.start - self.base:end - self.base].copy())).split()
                 # the first hypothesis's last word is likely cut off by the end of the audio
                 stable = words[:-1] if item.hypothesis is None else _common_prefix(item.hypothesis, words)
                 item.hypothesis = words
@@ -408,10 +422,12 @@ class Session:
         self.send({"type": "conversation.item.input_audio_transcription.delta", "item_id": item.id,
                    "content_index": 0, "delta": text})
 
-    async def _decode(self, audio: np.ndarray) -> str:
+    async def _decode(self, audio: np.ndarray, partial: bool = False) -> str:
         config = self._config(self.transcription, vad=len(audio) / SAMPLE_RATE > MAX_UTTERANCE_S)
         cancel, started = threading.Event(), time.perf_counter()
         self.cancels.add(cancel)
+        if partial:
+            self.realtime.partial_cancels.add(cancel)
         try:
             transcript = await asyncio.get_running_loop().run_in_executor(
                 self.realtime.executor, self.pipeline.transcribe, audio, config, cancel)
@@ -420,6 +436,7 @@ class Session:
             raise
         finally:
             self.cancels.discard(cancel)
+            self.realtime.partial_cancels.discard(cancel)
         logger.debug("decoded %.2f s of audio in %.2f s", len(audio) / SAMPLE_RATE, time.perf_counter() - started)
         return transcript.text
 

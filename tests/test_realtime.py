@@ -387,4 +387,4 @@ def test_openai_sdk_realtime_client_works_unchanged(tiny):
                     break
     assert type(events[-1]).__name__ == "ConversationItemInputAudioTranscriptionCompletedEvent"
     assert events[0].type == "input_audio_buffer.committed" and events[-1].item_id == events[0].item_id
-    assert events[-1].usage.seconds == 1.0
+    assert abs(events[-1].usage.seconds - 1.0) < 0.01  # the resampler holds a few samples back
