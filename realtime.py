@@ -36,6 +36,7 @@ from vad import FRAME, StreamingVad
 
 logger = logging.getLogger(__name__)
 MIN_COMMIT_MS = 100  # OpenAI refuses to commit less
+EARLY_S = 5 * FRAME  # 160 ms of a pause: start the final decode (it is dropped if the speaker goes on)
 MAX_UTTERANCE_S = 30.0  # one Whisper window: a longer turn is committed there and goes on as a new item
 RATES = (24000, 16000)
 
@@ -100,6 +101,7 @@ class Item:
     sent: list[str] = field(default_factory=list)
     hypothesis: list[str] | None = None
     partials: asyncio.Task | None = None
+    early: asyncio.Task | None = None  # the final decode, started in the pause that may end the turn
 
 
 def _id(prefix: str) -> str:
@@ -306,8 +308,9 @@ class Session:
         self._commit(Item(_id("item"), self.base), self.total)
 
     def clear(self, event: dict[str, Any]) -> None:
-        if self.speech is not None and self.speech.partials is not None:
-            self.speech.partials.cancel()
+        for task in (self.speech.partials, self.speech.early) if self.speech is not None else ():
+            if task is not None:
+                task.cancel()
         self.speech, self.silence_from = None, None
         self._drop_until(self.total)
         self.send({"type": "input_audio_buffer.cleared"})
@@ -328,11 +331,19 @@ class Session:
                 continue
             if probability >= turn.threshold:
                 self.silence_from = None
+                if self.speech.early is not None:  # the pause was not the end: the decode is stale
+                    self.speech.early.cancel()
+                    self.speech.early = None
             elif probability < max(turn.threshold - 0.15, 0.01):  # Silero's hysteresis
                 self.silence_from = frame_start if self.silence_from is None else self.silence_from
                 if self.vad_at - self.silence_from >= silence:
                     self._end_speech(self.vad_at, stopped=True)
                     continue
+                if self.speech.early is None and self.vad_at - self.silence_from >= min(EARLY_S, silence // 2):
+                    # decode the turn while the rest of the silence confirms its end: completed comes sooner
+                    item = self.speech
+                    item.early = self._spawn(self._first_decode(self.buffer[item.start - self.base:
+                                                                            self.vad_at - self.base].copy()))
             if (self.vad_at - self.speech.start) / SAMPLE_RATE >= MAX_UTTERANCE_S:
                 self._end_speech(self.vad_at, stopped=True)
                 self._start_speech(self.vad_at)
@@ -366,19 +377,25 @@ class Session:
         self.previous_item = item.id
         self.last_final = self._spawn(self._final(item, audio, self.last_final))
 
-    async def _final(self, item: Item, audio: np.ndarray, previous: asyncio.Task | None) -> None:
+    async def _first_decode(self, audio: np.ndarray) -> str:
+        """A final decode: partial decodes wait while one is pending, and those in flight are given up."""
         realtime = self.realtime
         realtime.finals_pending += 1
         for cancel in list(realtime.partial_cancels):  # a batch of partials only stops at its next decoding step
             cancel.set()
         try:
-            text, error = await self._decode(audio), None
+            return await self._decode(audio)
+        finally:
+            realtime.finals_pending -= 1
+
+    async def _final(self, item: Item, audio: np.ndarray, previous: asyncio.Task | None) -> None:
+        try:
+            # the early decode ends where the pause began: the same words as with the rest of the silence
+            text, error = await (item.early or self._first_decode(audio)), None
         except asyncio.CancelledError:
             raise
         except Exception as failure:  # the session goes on; this item reports its failure
             text, error = "", failure
-        finally:
-            realtime.finals_pending -= 1
         if previous is not None:  # completed events go out in the order the items were committed
             await asyncio.gather(previous, return_exceptions=True)
         if error is not None:
@@ -403,7 +420,7 @@ class Session:
             started = time.monotonic()
             end = self.total
             if end - item.start >= SAMPLE_RATE and end - decoded >= SAMPLE_RATE // 2 and \
-                    not self.realtime.finals_pending:
+                    not self.realtime.finals_pending and self.silence_from is None:
                 try:
                     words = (await self._decode(self.buffer[item.start - self.base:end - self.base].copy(),
                                                 partial=True)).split()

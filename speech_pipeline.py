@@ -207,9 +207,8 @@ class SpeechPipeline:
         """Transcribe 16 kHz mono float32 audio (and diarize it when a diarization model is loaded).
 
         Setting `cancel` (a request's timeout) stops the work at the next check and raises `Cancelled`. With
-        `on_window` the windows are decoded in batches of growing size (1, 2, 4, ... up to the batch size), in audio
-        order, and each window's segments are handed to it as soon as its batch is out (streaming); the text is the
-        same."""
+        `on_window` the first window is decoded alone and the rest in batches of the batch size, in audio order, and each
+        window's segments are handed to it as soon as its batch is out (streaming); the text is the same."""
         cancel = cancel or threading.Event()
         generate_kwargs = self.generate_kwargs(config)  # refuses bad options before the VAD runs
         duration = len(audio) / SAMPLE_RATE
@@ -251,7 +250,7 @@ class SpeechPipeline:
                             for k, v in generate_kwargs.items())), word_level)
         segments: list[Segment] = []
         done = 0
-        for size in [len(inputs)] if on_window is None else _growing(len(inputs), config.effective_batch_size):
+        for size in [len(inputs)] if on_window is None else _streamed_batches(len(inputs), config.effective_batch_size):
             batch = inputs[done:done + size]
             if assisted:  # drafts decode one sequence at a time
                 outputs = self._forward(batch, 1, options, cancel.is_set)
@@ -272,15 +271,11 @@ class SpeechPipeline:
         return segments
 
 
-def _growing(total: int, batch_size: int) -> list[int]:
-    """Batch sizes 1, 2, 4, ... up to `batch_size` covering `total` windows: the first window is out after one
-    window's decoding time, later batches still share forward passes."""
-    sizes, size = [], 1
-    while total > 0:
-        sizes.append(min(size, total))
-        total -= sizes[-1]
-        size = min(size * 2, batch_size)
-    return sizes
+def _streamed_batches(total: int, batch_size: int) -> list[int]:
+    """The first window alone, then batches of `batch_size`: the first text is out after one window's decoding, and
+    the rest costs what it costs unstreamed (smaller batches would cost a CPU more in all: docs/streaming.md)."""
+    rest = total - 1
+    return [1] + [min(batch_size, rest - start) for start in range(0, rest, batch_size)]
 
 
 class _StopWhen:
