@@ -36,7 +36,6 @@ from vad import FRAME, StreamingVad
 
 logger = logging.getLogger(__name__)
 MIN_COMMIT_MS = 100  # OpenAI refuses to commit less
-EARLY_S = 5 * FRAME  # 160 ms of a pause: start the final decode (it is dropped if the speaker goes on)
 MAX_UTTERANCE_S = 30.0  # one Whisper window: a longer turn is committed there and goes on as a new item
 RATES = (24000, 16000)
 
@@ -52,6 +51,9 @@ class RealtimeSettings(BaseSettings):
     idle_timeout_s: float = Field(60.0, gt=0, description="a session that sends nothing for this long is closed")
     partial_interval_s: float = Field(1.0, ge=0, description="how often a growing utterance is decoded again for "
                                                              "delta events; 0 sends none before completed")
+    early_decode_ms: int = Field(0, ge=0, description=(
+        "a pause this long starts the turn's final decode while server VAD waits out silence_duration_ms (dropped "
+        "if the speaker goes on); 0 waits for the end of the turn"))
 
 
 class TurnDetection(BaseModel):
@@ -339,7 +341,8 @@ class Session:
                 if self.vad_at - self.silence_from >= silence:
                     self._end_speech(self.vad_at, stopped=True)
                     continue
-                if self.speech.early is None and self.vad_at - self.silence_from >= min(EARLY_S, silence // 2):
+                early = self.settings.early_decode_ms * SAMPLE_RATE // 1000
+                if early and self.speech.early is None and self.vad_at - self.silence_from >= min(early, silence // 2):
                     # decode the turn while the rest of the silence confirms its end: completed comes sooner
                     item = self.speech
                     item.early = self._spawn(self._first_decode(self.buffer[item.start - self.base:
