@@ -208,7 +208,12 @@ class Session:
                 if message.get("text") is None:
                     self.error("send events as JSON text frames, not binary", "invalid_event")
                     continue
-                self.receive(message["text"])
+                try:
+                    self.receive(message["text"])
+                except Exception:  # a bug must cost one event, not the session
+                    logger.exception("realtime event failed")
+                    self.error("the server could not handle this event: see its log", "server_error",
+                               kind="server_error")
         except WebSocketDisconnect:
             return
         finally:
@@ -244,7 +249,7 @@ class Session:
     def receive(self, text: str) -> None:
         try:
             event = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
             return self.error(f"the event is not valid JSON: {error}", "invalid_json")
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
             return self.error("an event is a JSON object with a string 'type'", "invalid_event")

@@ -89,6 +89,7 @@ def test_session_update_ga_and_beta(client):
 
 @pytest.mark.parametrize("event, code, param", [
     ("{not json", "invalid_json", None),
+    ("[" * 100_000, "invalid_json", None),
     ("[1, 2]", "invalid_event", None),
     (json.dumps({"type": "response.create"}), "invalid_event", "type"),
     (json.dumps({"type": "input_audio_buffer.append", "audio": "***"}), "invalid_value", "audio"),

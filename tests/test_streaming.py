@@ -158,7 +158,9 @@ def test_the_first_delta_comes_before_the_rest_and_a_client_that_leaves_cancels_
             assert response.status_code == 200
             line = next(line for line in response.iter_lines() if line)
             assert json.loads(line.removeprefix("data: "))["type"] == "transcript.text.delta"
-            assert paced.windows == 1 and not paced.cancelled.is_set()
+            if paced.cancelled.is_set():  # say why the server gave up: the rest of the stream holds its error event
+                pytest.fail(f"cancelled before the client left: {list(response.iter_lines())}")
+            assert paced.windows == 1
         # the response is closed: the server hears the disconnect and cancels
         assert paced.cancelled.wait(10)
         deadline = time.monotonic() + 10
