@@ -167,3 +167,42 @@ def test_the_first_delta_comes_before_the_rest_and_a_client_that_leaves_cancels_
         while app.state.service.queue.held and time.monotonic() < deadline:
             time.sleep(0.05)
         assert app.state.service.queue.held == 0 and paced.windows == 1  # its queue place is free again
+
+
+class TwoSpeakers:
+    """The tiny pipeline with a diarizer that gives the first half of the audio to SPEAKER_00, the rest to SPEAKER_01."""
+
+    diarizer = object()  # what the routes check for "diarization configured"
+
+    def __init__(self, pipeline):
+        self._pipeline = pipeline
+
+    def __getattr__(self, name):
+        return getattr(self._pipeline, name)
+
+    def transcribe_request(self, data, cancel=None, on_window=None):
+        from diarization_utils import merge_speakers
+        from transcript import Segment
+
+        transcript, config = self._pipeline.transcribe_request(data, cancel, on_window)
+        half = transcript.duration / 2
+        transcript.segments = [Segment(0.0, half, " first words."), Segment(half, transcript.duration, " Then more.")]
+        transcript.speakers = merge_speakers([(0.0, half, "SPEAKER_00"), (half, transcript.duration, "SPEAKER_01")],
+                                             transcript.segments)
+        transcript.text = "".join(segment.text for segment in transcript.segments).strip()
+        return transcript, config
+
+
+def test_a_diarized_stream_sends_each_turn_as_deltas_and_a_segment(tiny, wav):
+    with TestClient(create_app(TwoSpeakers(tiny), ServerSettings())) as client:
+        plain = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav)},
+                            data={"model": "whisper-1", "response_format": "diarized_json", **FIELDS}).json()
+        events = list(sdk(client).audio.transcriptions.create(
+            file=("a.wav", wav), model="whisper-1", stream=True, response_format="diarized_json", extra_body=FIELDS))
+    assert [event.type for event in events] == ["transcript.text.delta", "transcript.text.segment"] * 2 + [
+        "transcript.text.done"]
+    deltas, segments = events[0:4:2], events[1:4:2]
+    assert [delta.segment_id for delta in deltas] == [segment.id for segment in segments] == ["seg_0", "seg_1"]
+    assert [(s.speaker, s.start, s.end, s.text) for s in segments] == [
+        (s["speaker"], s["start"], s["end"], s["text"]) for s in plain["segments"]]
+    assert "".join(delta.delta for delta in deltas) == events[-1].text == plain["text"] == "first words. Then more."
