@@ -206,3 +206,14 @@ def test_a_diarized_stream_sends_each_turn_as_deltas_and_a_segment(tiny, wav):
     assert [(s.speaker, s.start, s.end, s.text) for s in segments] == [
         (s["speaker"], s["start"], s["end"], s["text"]) for s in plain["segments"]]
     assert "".join(delta.delta for delta in deltas) == events[-1].text == plain["text"] == "first words. Then more."
+
+
+def test_request_timeout_mid_stream_ends_it_with_an_error_event_and_stops_the_work(tiny, wav):
+    paced = Paced(tiny)  # never released: only the timeout ends it
+    with TestClient(create_app(paced, ServerSettings(request_timeout_s=6))) as client:
+        response = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav)},
+                               data={"model": "whisper-1", "stream": "true", **FIELDS})
+    events = [json.loads(line.removeprefix("data: ")) for line in response.text.splitlines() if line]
+    assert response.status_code == 200 and [event["type"] for event in events] == ["transcript.text.delta", "error"]
+    assert "REQUEST_TIMEOUT_S" in events[1]["error"]["message"] and events[1]["error"]["code"] == "timeout"
+    assert paced.cancelled.wait(10) and paced.windows == 1
