@@ -19,7 +19,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 from fastapi import FastAPI, WebSocket
@@ -113,8 +113,9 @@ def _id(prefix: str) -> str:
 class Realtime:
     """The sessions of one server: admission (count, API key, models ready) and the threads they decode on."""
 
-    def __init__(self, service: Service, settings: RealtimeSettings):
-        self.service, self.settings = service, settings
+    def __init__(self, service: Service, settings: RealtimeSettings,
+                 error_body: Callable[[RequestError], dict[str, Any]]):
+        self.service, self.settings, self.error_body = service, settings, error_body
         self.sessions: set[Session] = set()
         # finals go first: while one waits, partial decodes are not started and those in flight are given up
         self.finals_pending = 0
@@ -124,12 +125,11 @@ class Realtime:
 
     async def serve(self, ws: WebSocket) -> None:
         refusal = self._refusal(ws)
-        if refusal is not None:
-            status, message = refusal
+        if refusal is not None:  # an HTTP answer to the handshake, in the /v1 routes' error shape
             if "websocket.http.response" in ws.scope.get("extensions", {}):
-                await ws.send_denial_response(JSONResponse({"error": message}, status))
+                await ws.send_denial_response(JSONResponse(self.error_body(refusal), refusal.status))
             else:
-                await ws.close(1008, message[:120])
+                await ws.close(1008, refusal.message[:120])
             return
         offered = ws.scope.get("subprotocols") or []
         await ws.accept(subprotocol="realtime" if "realtime" in offered else None)
@@ -142,7 +142,7 @@ class Realtime:
             session.close()
             logger.info("realtime session %s ended", session.id)
 
-    def _refusal(self, ws: WebSocket) -> tuple[int, str] | None:
+    def _refusal(self, ws: WebSocket) -> RequestError | None:
         header = ws.headers.get("authorization")
         for protocol in ws.scope.get("subprotocols") or []:  # browsers cannot set headers: OpenAI's subprotocol
             if header is None and protocol.startswith("openai-insecure-api-key."):
@@ -151,13 +151,14 @@ class Realtime:
             self.service.authorize(header)
             self.service.ready()
         except RequestError as error:
-            return error.status, error.message
+            return error
         intent = ws.query_params.get("intent", "transcription")
         if intent != "transcription":
-            return 400, f"intent {intent!r} is not served: this server runs transcription sessions only"
+            return RequestError(f"intent {intent!r} is not served: this server runs transcription sessions only",
+                                400, "intent")
         if len(self.sessions) >= self.settings.max_sessions:
-            return 503, (f"the server holds {len(self.sessions)} realtime sessions (REALTIME_MAX_SESSIONS): "
-                         "retry later")
+            return RequestError(f"the server holds {len(self.sessions)} realtime sessions (REALTIME_MAX_SESSIONS): "
+                                "retry later", 503)
         return None
 
     def shutdown(self) -> None:
@@ -541,9 +542,10 @@ def _ms(sample: int) -> int:
     return sample * 1000 // SAMPLE_RATE
 
 
-def register(app: FastAPI, service: Service, settings: RealtimeSettings | None = None) -> Realtime:
+def register(app: FastAPI, service: Service, settings: RealtimeSettings | None,
+             error_body: Callable[[RequestError], dict[str, Any]]) -> Realtime:
     """Adds `/v1/realtime` (WebSocket) to the app; the returned object holds the live sessions."""
-    realtime = Realtime(service, settings or RealtimeSettings())
+    realtime = Realtime(service, settings or RealtimeSettings(), error_body)
 
     async def endpoint(ws: WebSocket) -> None:
         await realtime.serve(ws)

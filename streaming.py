@@ -11,13 +11,12 @@ import asyncio
 import json
 import logging
 import threading
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
-import anyio
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from admission import service_of
+from admission import ClientGone, service_of
 from config import InferenceConfig
 from errors import Cancelled, RequestError
 from speech_pipeline import SpeechPipeline
@@ -44,16 +43,14 @@ def event(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-def error_event(message: str, kind: str = "server_error", code: str | None = None) -> str:
-    """The SDK raises `APIError(message)` for a data line with an `error` object."""
-    return event({"type": "error", "error": {"message": message, "type": kind, "code": code}})
+ErrorBody = Callable[[RequestError], dict[str, Any]]  # the route's error JSON: {"error": {"message", ...}}
 
 
 async def stream_transcription(request: Request, pipeline: SpeechPipeline, data: bytes, config: InferenceConfig,
-                               response_format: str) -> StreamingResponse:
-    """Starts the transcription in the request's queue place and answers once its first event is ready: errors
-    before that (bad audio, busy, timeout) keep their HTTP status; later ones end the stream with an error event.
-    A client that goes away cancels the rest of the work."""
+                               response_format: str, error_body: ErrorBody) -> StreamingResponse:
+    """Starts the transcription in a queue place and answers once its first event is ready: errors before that (bad
+    audio, busy, REQUEST_TIMEOUT_S) keep their HTTP status; later ones end the stream with an `error` event in the
+    route's error shape (the SDK raises `APIError` for it). A client that goes away cancels the rest of the work."""
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
     diarized = response_format == "diarized_json"
@@ -69,20 +66,19 @@ async def stream_transcription(request: Request, pipeline: SpeechPipeline, data:
     task = asyncio.ensure_future(service_of(request).execute(request, job))
     # the worker schedules its windows before its result: "end" is always the last item
     task.add_done_callback(lambda finished: events.put_nowait(("end", finished)))
-    deadline = anyio.current_effective_deadline()  # REQUEST_TIMEOUT_S, set by InferenceRoute
     try:
         first = await events.get()
         if first[0] == "end":
             first[1].result()  # raises the request's error with its status
     except BaseException:
-        task.cancel()  # the request's timeout or disconnect: the transcription stops at its next check
+        task.cancel()  # the handler was given up: the transcription stops at its next check
         raise
-    return StreamingResponse(_events(first, events, task, deadline, diarized), media_type="text/event-stream",
+    return StreamingResponse(_events(first, events, task, diarized, error_body), media_type="text/event-stream",
                              headers=SSE_HEADERS)
 
 
 async def _events(first: tuple[str, Any], events: asyncio.Queue[tuple[str, Any]], task: asyncio.Future,
-                  deadline: float, diarized: bool) -> AsyncIterator[str]:
+                  diarized: bool, error_body: ErrorBody) -> AsyncIterator[str]:
     text, item = _Text(), first
     try:
         while True:
@@ -94,11 +90,10 @@ async def _events(first: tuple[str, Any], events: asyncio.Queue[tuple[str, Any]]
             else:
                 try:
                     transcript: Transcript = value.result()
-                except RequestError as error:
-                    yield error_event(error.message, "invalid_request_error" if error.status < 500 else "server_error")
+                except RequestError as error:  # REQUEST_TIMEOUT_S (504), a model failure (500), bad audio
+                    yield event({"type": "error", **error_body(error)})
                     return
-                except (Cancelled, asyncio.CancelledError):
-                    yield error_event("the transcription was cancelled")
+                except (ClientGone, Cancelled, asyncio.CancelledError):  # nobody reads on
                     return
                 if diarized:
                     for number, turn in enumerate(transcript.speakers):
@@ -110,9 +105,6 @@ async def _events(first: tuple[str, Any], events: asyncio.Queue[tuple[str, Any]]
                                      "end": turn.end, "text": turn.text, "speaker": turn.speaker})
                 yield event({"type": "transcript.text.done", "text": transcript.text})
                 return
-            with anyio.fail_after(deadline - anyio.current_time() if deadline != float("inf") else None):
-                item = await events.get()
-    except TimeoutError:
-        yield error_event("the request took longer than REQUEST_TIMEOUT_S", code="timeout")
+            item = await events.get()
     finally:
         task.cancel()  # a no-op once done; after a disconnect it stops the transcription at its next check

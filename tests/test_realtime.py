@@ -169,12 +169,12 @@ def test_limits_sessions_key_and_intent(tiny):
         with pytest.raises(WebSocketDenialResponse) as denied:
             with connect(client):
                 pass
-        assert denied.value.status_code == 401 and "API key" in denied.value.json()["error"]
+        assert denied.value.status_code == 401 and "API key" in denied.value.json()["error"]["message"]
         header = {"Authorization": f"Bearer {KEY}"}
         with pytest.raises(WebSocketDenialResponse) as wrong_intent:
             with connect(client, "/v1/realtime?intent=conversation", headers=header):
                 pass
-        assert wrong_intent.value.status_code == 400
+        assert wrong_intent.value.status_code == 400 and wrong_intent.value.json()["error"]["param"] == "intent"
         # browsers send the key as a subprotocol
         with connect(client, subprotocols=["realtime", f"openai-insecure-api-key.{KEY}"]) as first:
             assert first.receive_json()["type"] == "session.created"
@@ -182,7 +182,7 @@ def test_limits_sessions_key_and_intent(tiny):
             with pytest.raises(WebSocketDenialResponse) as full:
                 with connect(client, headers=header):
                     pass
-            assert full.value.status_code == 503 and "REALTIME_MAX_SESSIONS" in full.value.json()["error"]
+            assert full.value.status_code == 503 and "REALTIME_MAX_SESSIONS" in full.value.json()["error"]["message"]
         assert client.get("/health").json()["realtime"]["sessions"] == 0
         with connect(client, headers=header) as again:  # the place is free again
             assert again.receive_json()["type"] == "session.created"

@@ -89,10 +89,10 @@ def test_windows_are_handed_over_in_order_the_first_alone(tiny):
 def test_errors_before_the_stream_keep_their_status(tiny, client, wav):
     bad = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", b"not audio")},
                       data={"model": "whisper-1", "stream": "true"})
-    assert bad.status_code == 415 and bad.json()["field"] == "file"
+    assert bad.status_code == 415 and bad.json()["error"]["param"] == "file"
     unknown = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav)},
                           data={"model": "whisper-1", "stream": "true", "language": "klingon"})
-    assert unknown.status_code == 422 and unknown.json()["field"] == "language"
+    assert unknown.status_code == 422 and unknown.json()["error"]["param"] == "language"
     with TestClient(create_app(tiny, ServerSettings(api_key=KEY))) as locked:
         with pytest.raises(openai.AuthenticationError):
             list(sdk(locked).audio.transcriptions.create(file=("a.wav", wav), model="whisper-1", stream=True))
