@@ -17,8 +17,8 @@ from audio import decode_audio
 from config import InferenceConfig
 from server import ServerSettings, create_app
 
-# three windows of a tone each (random models need no speech; the VAD is off)
-FIELDS = {"vad": "false", "chunk_length_s": "10", "language": "en"}
+# three windows of a tone each (random models need no speech; the VAD is off), greedy only (no sampled fallback)
+FIELDS = {"vad": "false", "chunk_length_s": "10", "language": "en", "temperature_increment_on_fallback": "0"}
 KEY = "sk-stream-test"
 
 
@@ -67,7 +67,9 @@ def test_translation_streams_too(client, wav):
 def test_windows_are_handed_over_in_order_the_first_alone(tiny):
     audio = decode_audio(encode(np.concatenate([tone(3, freq=200 + 40 * i) for i in range(7)]), 16000, "wav",
                                 "pcm_s16le"))
-    config = InferenceConfig.parse({"vad": False, "chunk_length_s": 3, "batch_size": 4})
+    # greedy only: the loop guard's sampled fallback would make two runs of a random model differ
+    config = InferenceConfig.parse({"vad": False, "chunk_length_s": 3, "batch_size": 4,
+                                    "temperature_increment_on_fallback": 0})
     sizes, seen = [], []
     submit = tiny._batcher.submit
 
@@ -83,7 +85,9 @@ def test_windows_are_handed_over_in_order_the_first_alone(tiny):
     assert sizes == [1, 4, 2]  # the first window is out after one window's decoding, then batches share passes
     assert [index for index, _ in seen] == list(range(7))
     assert [s for _, segments in seen for s in segments] == streamed.segments
-    assert streamed == tiny.transcribe(audio, config)  # the non-streamed path: one submit, the same transcript
+    plain = tiny.transcribe(audio, config)  # the non-streamed path: one submit, the same text and times
+    assert plain.text == streamed.text and [(s.start, s.end, s.text) for s in plain.segments] == [
+        (s.start, s.end, s.text) for s in streamed.segments]  # measures like avg_logprob may differ with the batches
 
 
 def test_errors_before_the_stream_keep_their_status(tiny, client, wav):
@@ -210,7 +214,7 @@ def test_a_diarized_stream_sends_each_turn_as_deltas_and_a_segment(tiny, wav):
 
 def test_request_timeout_mid_stream_ends_it_with_an_error_event_and_stops_the_work(tiny, wav):
     paced = Paced(tiny)  # never released: only the timeout ends it
-    with TestClient(create_app(paced, ServerSettings(request_timeout_s=6))) as client:
+    with TestClient(create_app(paced, ServerSettings(request_timeout_s=20))) as client:
         response = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav)},
                                data={"model": "whisper-1", "stream": "true", **FIELDS})
     events = [json.loads(line.removeprefix("data: ")) for line in response.text.splitlines() if line]
