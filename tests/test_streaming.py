@@ -174,7 +174,7 @@ def test_the_first_delta_comes_before_the_rest_and_a_client_that_leaves_cancels_
 
 
 class TwoSpeakers:
-    """The tiny pipeline with a diarizer that gives the first half of the audio to SPEAKER_00, the rest to SPEAKER_01."""
+    """The tiny pipeline with a diarizer: the first half of the audio is SPEAKER_00's, the rest SPEAKER_01's."""
 
     diarizer = object()  # what the routes check for "diarization configured"
 
