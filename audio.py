@@ -131,3 +131,23 @@ def _decode_pcm(data: bytes, audio_format: str, sampling_rate: int, max_seconds:
     pieces = [out.to_ndarray()[0] for out in resampler.resample(frame) + resampler.resample(None)]
     # a few samples can resample to nothing: decode_audio then answers "audio is empty"
     return np.concatenate(pieces).astype(np.float32, copy=False) if pieces else np.zeros(0, np.float32)
+
+
+class PcmStream:
+    """Headerless mono PCM16 arriving in pieces (a live stream) at `rate`, as 16 kHz float32: one resampler for the
+    whole stream, so the pieces join without clicks."""
+
+    def __init__(self, rate: int):
+        self.rate = rate
+        self._resampler = _resampler() if rate != SAMPLE_RATE else None
+
+    def feed(self, data: bytes) -> np.ndarray:
+        if len(data) % 2:
+            raise RequestError("PCM16 audio must be a whole number of 2-byte samples", field="audio")
+        samples = np.frombuffer(data, dtype="<i2")
+        if self._resampler is None or len(samples) == 0:
+            return samples.astype(np.float32) / 32768.0
+        frame = av.AudioFrame.from_ndarray(samples.astype(np.int16)[None, :], format="s16", layout="mono")
+        frame.sample_rate = self.rate
+        pieces = [out.to_ndarray()[0] for out in self._resampler.resample(frame)]
+        return np.concatenate(pieces).astype(np.float32, copy=False) if pieces else np.zeros(0, np.float32)

@@ -30,7 +30,9 @@ from config import InferenceConfig
 from errors import RequestError, invalid_parameter
 from formats import DIARIZED_FORMATS, ResponseFormat, render
 from http_protocol import redact_access_log, uvicorn_options
+from realtime import RealtimeSettings, register as register_realtime
 from speech_pipeline import SpeechPipeline
+from streaming import stream_transcription
 
 logger = logging.getLogger(__name__)
 MEDIA_TYPES = {"text": "text/plain", "srt": "application/x-subrip", "vtt": "text/vtt", "rttm": "text/plain"}
@@ -183,7 +185,8 @@ def openai_form(
                                        "that fail the loop guard are decoded again hotter, up to 1")] = 0,
     timestamp_granularities: Annotated[list[Literal["segment", "word"]] | None,
                                        Form(alias="timestamp_granularities[]")] = None,
-    stream: Annotated[bool, Form(description="streaming is not supported")] = False,
+    stream: Annotated[bool, Form(description="server-sent events: `transcript.text.delta` as the windows are "
+                                 "decoded, then `transcript.text.done`")] = False,
 ) -> OpenAIRequest:
     return OpenAIRequest(file=file, model=model, language=language, prompt=prompt, response_format=response_format,
                          temperature=temperature, timestamp_granularities=timestamp_granularities or ["segment"],
@@ -208,8 +211,6 @@ async def translations(request: Request, form: Annotated[OpenAIRequest, Depends(
 
 async def _openai(request: Request, form: OpenAIRequest, task: str) -> Response:
     pipeline = service_of(request).ready()
-    if form.stream:
-        raise RequestError("stream is not supported: leave it unset or false", field="stream")
     words = "word" in form.timestamp_granularities
     extra = {key: value for key, value in (await request.form()).items()
              if key in InferenceConfig.model_fields and key not in _OPENAI_FIELDS and isinstance(value, str)}
@@ -227,6 +228,9 @@ async def _openai(request: Request, form: OpenAIRequest, task: str) -> Response:
         return render(transcript, form.response_format, task, words, uri=Path(form.file.filename or "audio").stem)
 
     try:
+        if form.stream:
+            return await stream_transcription(request, pipeline, data, config, form.response_format,
+                                              openai_error)
         out = await service_of(request).execute(request, job)
     except RequestError as error:
         if error.field == "inputs":  # the audio arrives in the OpenAI form's `file` field
@@ -245,12 +249,14 @@ async def health(request: Request) -> JSONResponse:
             return JSONResponse({"status": "failed", "error": "the models could not be loaded: see the server log"},
                                 500)
         return JSONResponse({"status": "loading"}, 503, headers={"Retry-After": str(service.settings.retry_after_s)})
-    queue = service.queue
+    queue, realtime = service.queue, request.app.state.realtime
     return JSONResponse({"status": "ok", "model": service.model_info(),
-                         "queue": {"held": queue.held, "capacity": queue.capacity}})
+                         "queue": {"held": queue.held, "capacity": queue.capacity},
+                         "realtime": {"sessions": len(realtime.sessions), "capacity": realtime.settings.max_sessions}})
 
 
-def create_app(pipeline: SpeechPipeline | None = None, settings: ServerSettings | None = None) -> FastAPI:
+def create_app(pipeline: SpeechPipeline | None = None, settings: ServerSettings | None = None,
+               realtime: RealtimeSettings | None = None) -> FastAPI:
     """The server app; without `pipeline`, one SpeechPipeline(ModelSettings()) loads in the background at start-up."""
     service = Service(settings or ServerSettings(), pipeline)
 
@@ -259,10 +265,13 @@ def create_app(pipeline: SpeechPipeline | None = None, settings: ServerSettings 
         service.start_loading()  # in a thread: /health answers 503 "loading" meanwhile
         yield
         service.queue.shutdown()
+        app.state.realtime.shutdown()
 
     app = FastAPI(title="Whisper + diarization server", version="1.0", lifespan=lifespan,
-                  description="Speech to text: the Inference Endpoints contract on `POST /` and OpenAI-compatible "
-                              "`/v1/audio/transcriptions` and `/v1/audio/translations`.")
+                  description="Speech to text: the Inference Endpoints contract on `POST /`, OpenAI-compatible "
+                              "`/v1/audio/transcriptions` and `/v1/audio/translations` (`stream=true`: server-sent "
+                              "events), and OpenAI's Realtime transcription sessions on the WebSocket "
+                              "`/v1/realtime?intent=transcription`.")
     app.state.service = service
     app.add_middleware(BodyLimit, max_bytes=service.settings.max_upload_bytes,
                        min_rate=service.settings.upload_min_bytes_per_s, grace_s=service.settings.upload_grace_s)
@@ -276,6 +285,7 @@ def create_app(pipeline: SpeechPipeline | None = None, settings: ServerSettings 
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_api_route("/health", health, methods=["GET"], summary="Readiness and model info")
     app.include_router(inference)
+    app.state.realtime = register_realtime(app, service, realtime, openai_error)
     return app
 
 

@@ -11,6 +11,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+# on_window(index, segments): a streamed request's windows, in audio order, each as soon as it is decoded
+WindowCallback = Callable[[int, list["Segment"]], None]
+
 import numpy as np
 import torch
 
@@ -267,7 +270,8 @@ class SpeechPipeline:
         transcript, config = self.transcribe_request(data, cancel)
         return transcript.to_response(words=config.return_timestamps == "word", turns=config.return_turns)
 
-    def transcribe_request(self, data: Any, cancel: threading.Event | None = None) -> tuple[Transcript, InferenceConfig]:
+    def transcribe_request(self, data: Any, cancel: threading.Event | None = None,
+                           on_window: WindowCallback | None = None) -> tuple[Transcript, InferenceConfig]:
         """Validate the parameters, decode the audio once and transcribe it; raises RequestError on bad input."""
         if isinstance(data, (bytes, bytearray, memoryview)):
             data = {"inputs": data}
@@ -277,12 +281,15 @@ class SpeechPipeline:
         with self._batcher.arriving():
             audio = decode_audio(payload_bytes(data.get("inputs")), config.audio_format, config.sampling_rate,
                                  self.settings.max_audio_seconds)
-        return self.transcribe(audio, config, cancel), config
+        return self.transcribe(audio, config, cancel, on_window), config
 
-    def transcribe(self, audio: np.ndarray, config: InferenceConfig, cancel: threading.Event | None = None) -> Transcript:
+    def transcribe(self, audio: np.ndarray, config: InferenceConfig, cancel: threading.Event | None = None,
+                   on_window: WindowCallback | None = None) -> Transcript:
         """Transcribe 16 kHz mono float32 audio (and diarize it when a diarization model is loaded).
 
-        Setting `cancel` (a request's timeout) stops the work at the next check and raises `Cancelled`."""
+        Setting `cancel` (a request's timeout) stops the work at the next check and raises `Cancelled`. With
+        `on_window` the first window is decoded alone and the rest in batches of the batch size, in audio order, and
+        each window's segments are handed to it as soon as its batch is out (streaming); the text is the same."""
         cancel = cancel or threading.Event()
         generate_kwargs = self.generate_kwargs(config)  # refuses bad options before the VAD runs
         duration = len(audio) / SAMPLE_RATE
@@ -293,7 +300,8 @@ class SpeechPipeline:
         assisted = self.use_assistant(config, len(windows))
         if assisted:
             generate_kwargs = {**generate_kwargs, **self.assistant_kwargs}
-        segments, languages = self._transcribe_windows(audio, windows, config, generate_kwargs, assisted, cancel)
+        segments, languages = self._transcribe_windows(audio, windows, config, generate_kwargs, assisted, cancel,
+                                                       on_window)
         text = "".join(segment.text for segment in segments).strip()
         transcript = Transcript(text=text, segments=segments, duration=duration, language=_majority(languages),
                                 word_timing=resolve(config.word_timing) if config.return_timestamps == "word" else None)
@@ -359,9 +367,10 @@ class SpeechPipeline:
                 for output, stat in zip(outputs, stats)]
 
     def _transcribe_windows(self, audio: np.ndarray, windows: list[tuple[float, float]], config: InferenceConfig,
-                            generate_kwargs: dict[str, Any], assisted: bool,
-                            cancel: threading.Event) -> tuple[list[Segment], dict[str, float]]:
-        """The segments of every window, and seconds of speech per detected (or given) language."""
+                            generate_kwargs: dict[str, Any], assisted: bool, cancel: threading.Event,
+                            on_window: WindowCallback | None = None) -> tuple[list[Segment], dict[str, float]]:
+        """The segments of every window, and seconds of speech per detected (or given) language. With `on_window`,
+        the first window is decoded alone and each window's segments are handed over as soon as its batch is out."""
         if not windows:
             return [], {}
         inputs = [{"raw": audio[int(s * SAMPLE_RATE):int(e * SAMPLE_RATE)], "sampling_rate": SAMPLE_RATE}
@@ -370,38 +379,54 @@ class SpeechPipeline:
         guard = Guard.of(config)
         options = {"asr": {"return_timestamps": "word" if word_level else True}, "generate_kwargs": generate_kwargs,
                    "guard": guard}
-        if assisted:  # drafts decode one sequence at a time; a given-up request stops before its next window
-            outputs = []
-            for window in inputs:
-                outputs += self._forward([window], 1, options, cancel.is_set)
-                _check(cancel)
-        else:
-            key = (tuple(sorted((k, tuple(v.tolist()) if isinstance(v, torch.Tensor) else v)  # prompt_ids
-                                for k, v in generate_kwargs.items())), word_level, guard)
-            outputs = self._batcher.submit(key, inputs, min(config.effective_batch_size, self.max_batch_size),
-                                           options, cancel)
+        batch_size = min(config.effective_batch_size, self.max_batch_size)
         segments: list[Segment] = []
         spoken: Counter[str] = Counter()  # seconds of windows with text, per language
         heard: Counter[str] = Counter()  # of every window: the answer when none has text
         fallback_language = generate_kwargs.get("language") or (None if self.multilingual else "en")
-        for (start, end), output in zip(windows, outputs):
-            attempt: Attempt = output["attempt"]
-            language = attempt.language or fallback_language
-            if language:
-                heard[language] += end - start
-            if attempt.silent(guard):  # Whisper's own verdict: no speech here
-                continue
-            chunks = [(_clock(c["timestamp"][0], start, start, end), _clock(c["timestamp"][1], end, start, end),
-                       c["text"]) for c in output.get("chunks", []) if c["text"]]
-            if chunks and language:
-                spoken[language] += end - start
-            found = (sentences(refine_words([Word(s, e, t) for s, e, t in chunks], audio, (start, end),
-                                            config.word_timing)) if word_level
-                     else [Segment(s, e, t) for s, e, t in chunks])
-            segments.extend(replace(segment, language=language, temperature=attempt.temperature,
-                                    avg_logprob=attempt.avg_logprob, compression_ratio=attempt.compression_ratio,
-                                    no_speech_prob=attempt.no_speech_prob) for segment in found)
+        done = 0
+        for size in [len(inputs)] if on_window is None else _streamed_batches(len(inputs), batch_size):
+            batch = inputs[done:done + size]
+            if assisted:  # drafts decode one sequence at a time; a given-up request stops before its next window
+                outputs = []
+                for window in batch:
+                    outputs += self._forward([window], 1, options, cancel.is_set)
+                    _check(cancel)
+            else:
+                key = (tuple(sorted((k, tuple(v.tolist()) if isinstance(v, torch.Tensor) else v)  # prompt_ids
+                                    for k, v in generate_kwargs.items())), word_level, guard)
+                outputs = self._batcher.submit(key, batch, batch_size, options, cancel)
+            for index, ((start, end), output) in enumerate(zip(windows[done:done + size], outputs), done):
+                attempt: Attempt = output["attempt"]
+                language = attempt.language or fallback_language
+                if language:
+                    heard[language] += end - start
+                window_segments: list[Segment] = []
+                if not attempt.silent(guard):  # Whisper's own verdict: no speech here
+                    chunks = [(_clock(c["timestamp"][0], start, start, end),
+                               _clock(c["timestamp"][1], end, start, end), c["text"])
+                              for c in output.get("chunks", []) if c["text"]]
+                    if chunks and language:
+                        spoken[language] += end - start
+                    found = (sentences(refine_words([Word(s, e, t) for s, e, t in chunks], audio, (start, end),
+                                                    config.word_timing)) if word_level
+                             else [Segment(s, e, t) for s, e, t in chunks])
+                    window_segments = [replace(segment, language=language, temperature=attempt.temperature,
+                                               avg_logprob=attempt.avg_logprob,
+                                               compression_ratio=attempt.compression_ratio,
+                                               no_speech_prob=attempt.no_speech_prob) for segment in found]
+                segments.extend(window_segments)
+                if on_window is not None:
+                    on_window(index, window_segments)
+            done += size
         return segments, dict(spoken or heard)
+
+
+def _streamed_batches(total: int, batch_size: int) -> list[int]:
+    """The first window alone, then batches of `batch_size`: the first text is out after one window's decoding, and
+    the rest costs what it costs unstreamed (smaller batches would cost a CPU more in all: docs/streaming.md)."""
+    rest = total - 1
+    return [1] + [min(batch_size, rest - start) for start in range(0, rest, batch_size)]
 
 
 class _StopWhen:

@@ -6,6 +6,7 @@ at most 30 s, is the guard faster-whisper's batched mode and whisperX use too.
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from audio import SAMPLE_RATE
 from errors import RequestError
 
 Window = tuple[float, float]
+FRAME = 512  # Silero's frame at 16 kHz: 32 ms
 
 
 @contextmanager
@@ -60,6 +62,31 @@ class SpeechDetector:
                 max_speech_duration_s=max_region_s, speech_pad_ms=200, min_silence_duration_ms=300,
             )
         return [(r["start"] / SAMPLE_RATE, r["end"] / SAMPLE_RATE) for r in found]
+
+    def stream(self) -> "StreamingVad":
+        """Speech probabilities of a live stream, frame by frame, with a recurrent state of its own."""
+        return StreamingVad(self._model)
+
+
+class StreamingVad:
+    """Silero's speech probability for each 32 ms frame of a stream fed in pieces of any length: the ONNX session is
+    shared with the detector (its runs are thread-safe), the recurrent state and the leftover samples are not."""
+
+    def __init__(self, model: Any):
+        self._model = copy.copy(model)
+        self._model.reset_states()  # new state tensors: the shared model's are left alone
+        self._pending = np.zeros(0, np.float32)
+
+    def probabilities(self, audio: np.ndarray) -> np.ndarray:
+        """One probability per whole frame completed by `audio` (samples short of a frame wait for the next call)."""
+        samples = np.concatenate([self._pending, audio]) if len(self._pending) else audio
+        whole = len(samples) // FRAME * FRAME
+        self._pending = samples[whole:].copy()
+        if not whole:
+            return np.zeros(0, np.float32)
+        frames = torch.from_numpy(np.ascontiguousarray(samples[:whole], dtype=np.float32)).reshape(-1, FRAME)
+        with torch.inference_mode(), one_thread():
+            return np.array([float(self._model(frame, SAMPLE_RATE)) for frame in frames], np.float32)
 
 
 def max_windows(max_audio_seconds: float) -> int:

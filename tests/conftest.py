@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 from pathlib import Path
 
@@ -70,3 +71,30 @@ def speechlike() -> bytes:
     t = np.arange(3 * 16000) / 16000
     audio = (0.3 * np.sin(2 * np.pi * (200 + 100 * t) * t)).astype(np.float32)
     return encode(audio, 16000, "wav", "pcm_s16le")
+
+
+@contextlib.contextmanager
+def serving(app, timeout: float = 30):
+    """`app` on Uvicorn in a thread of this process on 127.0.0.1 (a free port): a real socket for clients that
+    stream (SSE, WebSocket), without loading the models again in a subprocess. Yields the base URL."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)

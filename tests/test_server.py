@@ -225,7 +225,6 @@ def test_openai_extra_inference_fields_apply(client, wav):
     ({"temperature": "2"}, 422, "temperature"),
     ({"timestamp_granularities[]": "char"}, 422, "timestamp_granularities[].0"),
     ({"language": "klingon"}, 422, "language"),
-    ({"stream": "true"}, 400, "stream"),
     ({"response_format": "diarized_json"}, 400, "response_format"),  # no DIARIZATION_MODEL here
     ({"response_format": "rttm"}, 400, "response_format"),
 ])
