@@ -68,7 +68,8 @@ class InferenceConfig(BaseModel):
     assisted: bool | Literal["auto"] = Field(
         False, description="speculative decoding with the assistant model; auto: only where it is measured to win"
     )
-    chunk_length_s: float = Field(30.0, gt=0, le=30.0, description="longest window fed to Whisper, seconds")
+    chunk_length_s: float = Field(30.0, ge=1.0, le=30.0, description=(
+        "longest window fed to Whisper, seconds; every window is encoded as 30 s, so shorter ones multiply the work"))
     sampling_rate: int = Field(16000, ge=1000, le=384000, description="rate of headerless raw PCM input only")
     audio_format: Literal["auto", "pcm_s16le", "pcm_f32le"] = Field(
         "auto", description="auto: a container (wav, flac, mp3, ogg, m4a, ...); pcm_*: headerless mono samples"
@@ -78,8 +79,12 @@ class InferenceConfig(BaseModel):
         "text that comes before the audio (names, terms, spelling, style): every window is decoded as its "
         "continuation; as in OpenAI's API only the last 223 tokens count"))
     return_timestamps: Literal["segment", "word"] = Field("segment", description="word adds per-word times")
+    word_timing: Literal["auto", "whisper", "energy", "vad", "energy+vad"] = Field("auto", description=(
+        "how word boundaries are placed: whisper (cross-attention DTW alone), energy, vad or energy+vad (moved "
+        "into the pauses and onto the speech edges they find); auto: the measured best, energy+vad"))
     vad: bool = Field(True, description="cut non-speech out with a voice-activity detector before Whisper")
     diarization: bool = Field(True, description="attribute speakers when a diarization model is loaded")
+    return_turns: bool = Field(False, description="add the diarizer's own speaker turns (`turns`) to the response")
     num_beams: int = Field(1, ge=1, le=10, description="1 is greedy decoding")
     temperature: Annotated[float, Field(ge=0, le=1)] | Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(
         min_length=1, max_length=10)] = Field(0.0, description="the first decoding temperature (0: greedy), as in OpenAI's API; a list is the "

@@ -18,12 +18,14 @@ from audio import SAMPLE_RATE, decode_audio, payload_bytes
 from batching import WindowBatcher
 from config import (DEFAULT_ASR_MODEL, DEFAULT_ASSISTANT_MODEL, DEFAULT_DIARIZATION_MODEL, PROJECT_DIR,
                     InferenceConfig, ModelSettings)
-from diarization_utils import diarize, load_diarizer, merge_speakers
+from diarization_utils import Diarization, diarize, load_diarizer, merge_speakers
 from errors import Cancelled, RequestError, redact
 from transcript import Segment, Transcript, Word, sentences
-from vad import SpeechDetector, group_windows
+from vad import SpeechDetector, group_windows, max_windows
+from word_timing import refine_words, resolve
 
 logger = logging.getLogger(__name__)
+CPU_MAX_BATCH = 24  # windows in one forward pass on a CPU, whatever batch_size asks for
 
 # the most new tokens a window may decode per second of its audio, plus a margin for the prompt, task and first
 # timestamp tokens: fast speech needs about half of it, a loop stops there
@@ -152,6 +154,8 @@ class SpeechPipeline:
         diarization_model = self._resolve_optional(self.settings.diarization_model, DEFAULT_DIARIZATION_MODEL, base)
         if diarization_model:
             self.diarizer = load_diarizer(diarization_model, token, self.device)
+        # a CPU batch beyond the default gains little speed and costs ~19 MB a window (118 windows: +2.2 GB RSS)
+        self.max_batch_size = 256 if self.device.type == "cuda" else CPU_MAX_BATCH
         self._lock = threading.Lock()  # one forward pass at a time: transformers models are not re-entrant
         self._diarization_lock = threading.Lock()  # pyannote pipelines keep state between calls too
         wait_s = self.settings.batch_wait_ms / 1000
@@ -234,7 +238,10 @@ class SpeechPipeline:
     def _prompt_ids(self, prompt: str) -> torch.Tensor:
         """<|startofprev|> and the prompt's last tokens: Whisper gives a prompt half of its 448 decoder positions
         (openai-whisper and OpenAI's API keep the last 223 tokens too)."""
-        ids = self.asr.tokenizer.get_prompt_ids(prompt, return_tensors="pt")
+        try:
+            ids = self.asr.tokenizer.get_prompt_ids(prompt, return_tensors="pt")
+        except ValueError as error:  # text of a control token such as <|endoftext|> or <|0.00|>
+            raise RequestError(f"invalid parameter prompt: {error}", 422, "prompt") from None
         keep = self.asr.model.config.max_target_positions // 2 - 1
         return torch.cat([ids[:1], ids[1:][-keep:]])
 
@@ -258,7 +265,7 @@ class SpeechPipeline:
     def handle(self, data: Any, cancel: threading.Event | None = None) -> dict[str, Any]:
         """Serve one request: {"inputs": base64 or bytes, "parameters": {...}} -> response dict."""
         transcript, config = self.transcribe_request(data, cancel)
-        return transcript.to_response(words=config.return_timestamps == "word")
+        return transcript.to_response(words=config.return_timestamps == "word", turns=config.return_turns)
 
     def transcribe_request(self, data: Any, cancel: threading.Event | None = None) -> tuple[Transcript, InferenceConfig]:
         """Validate the parameters, decode the audio once and transcribe it; raises RequestError on bad input."""
@@ -281,19 +288,29 @@ class SpeechPipeline:
         duration = len(audio) / SAMPLE_RATE
         with self._batcher.arriving():
             regions = self.detector.regions(audio, config.chunk_length_s) if config.vad else [(0.0, duration)]
-        windows = group_windows(regions, config.chunk_length_s, duration)
+        windows = group_windows(regions, config.chunk_length_s, duration, max_windows(self.settings.max_audio_seconds))
         _check(cancel)
         assisted = self.use_assistant(config, len(windows))
         if assisted:
             generate_kwargs = {**generate_kwargs, **self.assistant_kwargs}
         segments, languages = self._transcribe_windows(audio, windows, config, generate_kwargs, assisted, cancel)
         text = "".join(segment.text for segment in segments).strip()
-        transcript = Transcript(text=text, segments=segments, duration=duration, language=_majority(languages))
+        transcript = Transcript(text=text, segments=segments, duration=duration, language=_majority(languages),
+                                word_timing=resolve(config.word_timing) if config.return_timestamps == "word" else None)
         if self.diarizer is not None and config.diarization:
-            with self._diarization_lock:
-                turns = diarize(self.diarizer, audio, config, cancel)
-            transcript.speakers = merge_speakers(turns, segments, by_word=config.return_timestamps == "word")
+            found, transcript.speakers = self.attribute_speakers(audio, config, segments, cancel)
+            transcript.turns = found.turns
         return transcript
+
+    def attribute_speakers(self, audio: np.ndarray, config: InferenceConfig, segments: list[Segment],
+                           cancel: threading.Event | None = None,
+                           found: Diarization | None = None) -> tuple[Diarization, list[Segment]]:
+        """Diarize (unless `found` is given) and label `segments` and their words with speakers; returns the
+        diarization and the speaker-attributed segments. Words take the exclusive turns, made for transcripts."""
+        if found is None:
+            with self._diarization_lock:
+                found = diarize(self.diarizer, audio, config, cancel)
+        return found, merge_speakers(found.exclusive, segments, by_word=config.return_timestamps == "word")
 
     def _forward(self, inputs: list[dict[str, Any]], batch_size: int, options: dict[str, Any],
                  stop: Callable[[], bool]) -> list[dict]:
@@ -353,13 +370,16 @@ class SpeechPipeline:
         guard = Guard.of(config)
         options = {"asr": {"return_timestamps": "word" if word_level else True}, "generate_kwargs": generate_kwargs,
                    "guard": guard}
-        if assisted:  # drafts decode one sequence at a time
-            outputs = self._forward(inputs, 1, options, cancel.is_set)
-            _check(cancel)
+        if assisted:  # drafts decode one sequence at a time; a given-up request stops before its next window
+            outputs = []
+            for window in inputs:
+                outputs += self._forward([window], 1, options, cancel.is_set)
+                _check(cancel)
         else:
             key = (tuple(sorted((k, tuple(v.tolist()) if isinstance(v, torch.Tensor) else v)  # prompt_ids
                                 for k, v in generate_kwargs.items())), word_level, guard)
-            outputs = self._batcher.submit(key, inputs, config.effective_batch_size, options, cancel)
+            outputs = self._batcher.submit(key, inputs, min(config.effective_batch_size, self.max_batch_size),
+                                           options, cancel)
         segments: list[Segment] = []
         spoken: Counter[str] = Counter()  # seconds of windows with text, per language
         heard: Counter[str] = Counter()  # of every window: the answer when none has text
@@ -375,7 +395,8 @@ class SpeechPipeline:
                        c["text"]) for c in output.get("chunks", []) if c["text"]]
             if chunks and language:
                 spoken[language] += end - start
-            found = (sentences([Word(s, e, t) for s, e, t in chunks]) if word_level
+            found = (sentences(refine_words([Word(s, e, t) for s, e, t in chunks], audio, (start, end),
+                                            config.word_timing)) if word_level
                      else [Segment(s, e, t) for s, e, t in chunks])
             segments.extend(replace(segment, language=language, temperature=attempt.temperature,
                                     avg_logprob=attempt.avg_logprob, compression_ratio=attempt.compression_ratio,

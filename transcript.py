@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 _SENTENCE_END = (".", "?", "!", "。", "？", "！")
+Turn = tuple[float, float, str]  # a diarizer's speaker turn: start, end, speaker label
 
 
 @dataclass
@@ -41,9 +42,11 @@ class Transcript:
     duration: float
     language: str | None = None  # the language of most of the speech (per segment in `Segment.language`)
     speakers: list[Segment] = field(default_factory=list)  # speaker-attributed segments; empty without diarization
+    turns: list[Turn] = field(default_factory=list)  # the diarizer's own turns (may overlap); empty without it
+    word_timing: str | None = None  # how word boundaries were placed (word_timing.METHODS), with word timestamps
 
-    def to_response(self, words: bool = False) -> dict[str, Any]:
-        """The Inference Endpoints contract: text, timestamped chunks, speakers (and words when asked)."""
+    def to_response(self, words: bool = False, turns: bool = False) -> dict[str, Any]:
+        """The Inference Endpoints contract: text, timestamped chunks, speakers (and words, turns when asked)."""
         mixed = len({s.language for s in self.segments if s.language}) > 1
         response: dict[str, Any] = {
             "text": self.text,
@@ -54,6 +57,9 @@ class Transcript:
         }
         if words:
             response["words"] = [asdict(w) for s in self.segments for w in s.words]
+            response["word_timing"] = self.word_timing
+        if turns:
+            response["turns"] = [{"start": start, "end": end, "speaker": speaker} for start, end, speaker in self.turns]
         return response
 
     @classmethod
