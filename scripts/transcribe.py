@@ -2,8 +2,8 @@
 
     python -m scripts.transcribe samples/sample.flac [--parameters '{"return_timestamps": "word"}'] [--format srt]
 
-`--format json` (the default) prints the endpoint's response; text, srt, vtt, verbose_json and diarized_json print
-what the server's OpenAI-compatible route answers. Models come from the same env vars as the endpoint
+`--format json` (the default) prints the endpoint's response; text, srt, vtt, verbose_json, diarized_json and rttm
+(the diarizer's speaker turns) print what the server's OpenAI-compatible route answers. Models come from the same env vars as the endpoint
 (ASR_MODEL, ASSISTANT_MODEL, DIARIZATION_MODEL, ...); without them, the offline defaults that setup.sh builds.
 """
 
@@ -21,7 +21,7 @@ from typing import Iterator, TextIO
 
 
 from errors import RequestError
-from formats import FORMATS, render
+from formats import DIARIZED_FORMATS, FORMATS, render
 from handler import EndpointHandler
 
 _SPINNER = "|/-\\"
@@ -41,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     handler = EndpointHandler()
     loaded = time.perf_counter()
+    if args.format in DIARIZED_FORMATS and handler.pipeline.diarizer is None:
+        print(json.dumps({"error": f"--format {args.format} needs a DIARIZATION_MODEL", "field": "format"}),
+              file=sys.stderr)
+        return 2
     data = args.file.read_bytes()
     try:
         with progress(f"transcribing {args.file.name}"):
@@ -49,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
                 output, duration = json.dumps(response, indent=2, ensure_ascii=False) + "\n", response["duration"]
             else:
                 transcript, config = handler.pipeline.transcribe_request({"inputs": data, "parameters": parameters})
-                rendered = render(transcript, args.format, config.task, config.return_timestamps == "word")
+                rendered = render(transcript, args.format, config.task, config.return_timestamps == "word",
+                                  uri=args.file.stem)
                 output = rendered if isinstance(rendered, str) else json.dumps(rendered, indent=2,
                                                                                ensure_ascii=False) + "\n"
                 duration = transcript.duration

@@ -1,4 +1,4 @@
-"""Formatters (text, srt, vtt, verbose_json, diarized_json) and the CLI's --format, parsed with real parsers."""
+"""Formatters (text, srt, vtt, verbose_json, diarized_json, rttm) and the CLI's --format, parsed with real parsers."""
 
 from __future__ import annotations
 
@@ -77,8 +77,20 @@ def test_diarized_json_lists_the_speaker_turns(messy):
     assert out["segments"][0]["type"] == "transcript.text.segment" and out["task"] == "transcribe"
 
 
+def test_rttm_carries_the_diarizer_turns_as_pyannote_reads_them(messy, tmp_path):
+    from pyannote.database.util import load_rttm
+
+    messy.turns = [(0.0, 1.9, "SPEAKER_00"), (1.5, 2.25, "SPEAKER_01"), (1.9, 3661.25, "SPEAKER_01")]  # may overlap
+    path = tmp_path / "out.rttm"
+    path.write_text(render(messy, "rttm", uri="my talk"))
+    annotation = load_rttm(path)["my_talk"]
+    assert sorted((round(s.start, 3), round(s.end, 3), label) for s, _, label in annotation.itertracks(True)) == \
+        messy.turns
+    assert render(Transcript(text="", segments=[], duration=1.0), "rttm") == ""  # no turns, no lines
+
+
 def test_unknown_format_is_refused():
-    assert set(FORMATS) == {"json", "text", "srt", "vtt", "verbose_json", "diarized_json"}
+    assert set(FORMATS) == {"json", "text", "srt", "vtt", "verbose_json", "diarized_json", "rttm"}
     with pytest.raises(ValueError, match="unknown response format"):
         render(Transcript(text="", segments=[], duration=1.0), "docx")
 
@@ -109,6 +121,17 @@ def test_cli_formats(fmt, cli_env, tiny_models, monkeypatch, capsys):
         assert json.loads(out)["segments"]
     else:
         assert out.endswith("\n")
+
+
+def test_cli_rttm_needs_a_diarization_model(cli_env, tiny_models, monkeypatch, capsys):
+    from scripts.transcribe import main
+
+    monkeypatch.setenv("ASR_MODEL", str(tiny_models["main"]))
+    monkeypatch.setenv("ASSISTANT_MODEL", "")
+    monkeypatch.setenv("DIARIZATION_MODEL", "")
+    assert main([str(cli_env), "--format", "rttm"]) == 2
+    error = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("{"))  # after load logs
+    assert json.loads(error) == {"error": "--format rttm needs a DIARIZATION_MODEL", "field": "format"}
 
 
 def test_cli_progress_spins_on_a_terminal_only():
