@@ -63,7 +63,7 @@ def test_the_deployment_hub_ids_load_from_the_cache_offline(hub_cache, tmp_path)
     loaded = json.loads(run.stdout.strip().splitlines()[-1])
     assert loaded["asr"] == HUB_IDS["asr"] and loaded["decoder_layers"] == 8  # main_deep's, from the snapshot
     assert loaded["assistant"] == HUB_IDS["assistant"] and loaded["shared_vocab"]
-    assert loaded["diarizer"] == "SpeakerDiarization" and loaded["speakers"] == ["SPEAKER_00", "SPEAKER_01"]
+    assert loaded["diarizer"].endswith("SpeakerDiarization") and loaded["speakers"] == ["SPEAKER_00", "SPEAKER_01"]
     assert "hf_notarealtoken" not in run.stdout + run.stderr
 
 
