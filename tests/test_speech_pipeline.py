@@ -43,9 +43,9 @@ def test_long_audio_is_cut_into_windows_and_batched(tiny):
     # passes of at most the batch size the request asked for (later ones: the decoding fallback re-decoding
     # windows random weights loop in)
     assert all(size == 2 and len(w) <= 2 for w, size, _ in passes)
-    windows = [x for w, _, _ in passes[:2] for x in w]
-    assert [len(w) for w in windows] == [80000, 80000, 32000]  # 5 s, 5 s, 2 s
-    assert np.abs(np.concatenate(windows) - decode_audio(data)).max() == 0  # the audio, cut, nothing lost
+    audio = decode_audio(data)
+    for start, end in ((0, 80000), (80000, 160000), (160000, 192000)):  # 5 s, 5 s, 2 s: the audio, cut
+        assert any(len(x) == end - start and np.array_equal(x, audio[start:end]) for w, _, _ in passes for x in w)
     times = [t for c in out["chunks"] for t in c["timestamp"]]
     assert times == sorted(times) and 0 <= min(times) and max(times) <= 12.0
     assert any(c["timestamp"][0] >= 10.0 for c in out["chunks"])
