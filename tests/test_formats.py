@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 
 import pytest
@@ -12,7 +13,7 @@ import webvtt
 from conftest import encode, tone
 
 from diarization_utils import merge_speakers
-from formats import FORMATS, render, to_srt, to_verbose_json, to_vtt
+from formats import FORMATS, SubtitleOptions, render, to_rttm, to_srt, to_tsv, to_verbose_json, to_vtt
 from speech_pipeline import Segment, Transcript, Word
 
 
@@ -121,3 +122,104 @@ def test_cli_progress_spins_on_a_terminal_only():
     with progress("transcribing x.flac", terminal), progress("transcribing x.flac", pipe):
         time.sleep(0.6)
     assert "transcribing x.flac: 0 s" in terminal.getvalue() and pipe.getvalue() == ""
+
+
+def _spoken(sentence_count: int = 6, speakers: tuple[str | None, ...] = (None,)) -> Transcript:
+    """Sentences of 14 words, 0.3 s a word, each spoken by the next of `speakers`, words timed and labelled."""
+    segments, t = [], 0.0
+    for i in range(sentence_count):
+        words = []
+        for j in range(14):
+            text = f" word{i}x{j}" + ("." if j == 13 else "")
+            words.append(Word(round(t, 3), round(t + 0.25, 3), text, speakers[i % len(speakers)]))
+            t += 0.3
+        segments.append(Segment(words[0].start, words[-1].end, "".join(w.text for w in words), words,
+                                speakers[i % len(speakers)]))
+    turns = [s for s in segments if s.speaker] if speakers != (None,) else []
+    return Transcript(text="".join(s.text for s in segments).strip(), segments=segments, duration=t,
+                      speakers=[Segment(s.start, s.end, s.text, s.words, s.speaker) for s in turns])
+
+
+def _cue_words(text: str) -> list[str]:
+    return re.sub(r"\[SPEAKER_\d+\] |</?u>", "", text).split()
+
+
+@pytest.mark.parametrize("fmt", ["srt", "vtt"])
+def test_line_width_and_count_shape_every_cue_and_keep_every_word(fmt):
+    transcript = _spoken()
+    plain = list(srt.parse(to_srt(transcript)))
+    assert len(plain) == 6 and max(len(s.content) for s in plain) > 100  # unshaped: one long line per sentence
+    options = SubtitleOptions(max_line_width=42, max_line_count=2)
+    text = render(transcript, fmt, subtitles=options)
+    contents = ([s.content for s in srt.parse(text)] if fmt == "srt"
+                else [c.raw_text for c in webvtt.from_string(text).captions])
+    assert len(contents) > 6
+    assert all(len(line) <= 42 for cue in contents for line in cue.split("\n"))
+    assert all(len(cue.split("\n")) <= 2 for cue in contents)
+    assert [w for cue in contents for w in _cue_words(cue)] == transcript.text.split()
+
+
+def test_max_cue_seconds_splits_long_cues_at_word_times():
+    transcript = _spoken(sentence_count=2)
+    subtitles = list(srt.parse(to_srt(transcript, SubtitleOptions(max_cue_seconds=1.0))))
+    assert all((s.end - s.start).total_seconds() <= 1.0 for s in subtitles)
+    assert len(subtitles) == 10  # 14 words at 0.3 s: cues of 4, 4, 4 and 2 words per sentence... within 1 s
+    assert subtitles[0].start.total_seconds() == 0.0 and subtitles[0].end.total_seconds() == 0.85
+
+
+def test_highlight_words_underlines_each_word_while_it_is_spoken():
+    transcript = _spoken(sentence_count=1)
+    words = transcript.segments[0].words
+    for word in words[7:]:  # a pause of 1.05 s before the eighth word
+        word.start, word.end = word.start + 1.0, word.end + 1.0
+    text = to_vtt(transcript, SubtitleOptions(highlight_words=True, max_line_width=42))
+    captions = webvtt.from_string(text).captions
+    underlined = [c for c in captions if "<u>" in c.raw_text]
+    assert len(underlined) == len(words)
+    for i, (caption, word) in enumerate(zip(underlined, words)):
+        assert re.findall(r"<u>(.*?)</u>", caption.raw_text) == [word.text.strip()]
+        assert caption.start_time.in_milliseconds() == round(word.start * 1000)
+        # short gaps (50 ms) keep the word underlined up to the next one
+        following = round(words[i + 1].start * 1000) if i + 1 < len(words) and i != 6 else round(word.end * 1000)
+        assert caption.end_time.in_milliseconds() == following
+    (pause,) = [c for c in captions if "<u>" not in c.raw_text]
+    assert (pause.start_time.in_milliseconds(), pause.end_time.in_milliseconds()) == (2050, 3100)
+    assert _cue_words(pause.raw_text) == transcript.text.split()
+
+
+def test_speaker_labels_only_when_more_than_one_speaker():
+    one = list(srt.parse(to_srt(_spoken(speakers=("SPEAKER_00",)))))
+    assert one and not any("SPEAKER" in s.content for s in one)
+    two = list(srt.parse(to_srt(_spoken(speakers=("SPEAKER_00", "SPEAKER_01")))))
+    assert [s.content.split("]")[0] for s in two] == ["[SPEAKER_00", "[SPEAKER_01"] * 3
+    shaped = list(srt.parse(to_srt(_spoken(speakers=("SPEAKER_00", "SPEAKER_01")),
+                                   SubtitleOptions(max_line_width=30, max_line_count=1))))
+    assert all(s.content.startswith("[SPEAKER_0") and len(s.content) <= 30 for s in shaped)
+
+
+def test_a_sentence_of_two_speakers_splits_where_the_words_change_speaker():
+    transcript = _spoken(sentence_count=1, speakers=("A",))
+    for word in transcript.segments[0].words[7:]:
+        word.speaker = "B"
+    subtitles = list(srt.parse(to_srt(transcript)))
+    assert [s.content.split("] ")[0] for s in subtitles] == ["[A", "[B"]
+    assert subtitles[1].start.total_seconds() == transcript.segments[0].words[7].start
+
+
+def test_segments_without_word_times_are_split_by_length():
+    segment = Segment(10.0, 20.0, " " + " ".join(["abcd"] * 40))
+    transcript = Transcript(text=segment.text.strip(), segments=[segment], duration=20.0)
+    subtitles = list(srt.parse(to_srt(transcript, SubtitleOptions(max_line_width=20, max_line_count=1))))
+    assert len(subtitles) == 10 and all(s.content == "abcd abcd abcd abcd" for s in subtitles)
+    assert subtitles[0].start.total_seconds() == 10.0 and subtitles[-1].end.total_seconds() == 20.0
+    assert all(a.end <= b.start for a, b in zip(subtitles, subtitles[1:]))
+
+
+def test_tsv_and_rttm():
+    transcript = _spoken(sentence_count=2, speakers=("SPEAKER_00", "SPEAKER_01"))
+    rows = [line.split("\t") for line in to_tsv(transcript).splitlines()]
+    assert rows[0] == ["start", "end", "text"] and rows[1][:2] == ["0", "4150"] and rows[2][2].endswith("word1x13.")
+    rttm = to_rttm(transcript, "my clip").splitlines()
+    assert rttm[1].split() == ["SPEAKER", "my_clip", "1", "4.200", "4.150", "<NA>", "<NA>", "SPEAKER_01", "<NA>",
+                               "<NA>"]
+    assert to_rttm(_spoken()) == ""
