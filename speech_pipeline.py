@@ -21,6 +21,7 @@ from transcript import Segment, Transcript, Word, sentences
 from vad import SpeechDetector, group_windows
 
 logger = logging.getLogger(__name__)
+Progress = Callable[[int, int], None]  # windows decoded so far, windows in all
 
 
 def cpu_has_bf16() -> bool:
@@ -198,10 +199,12 @@ class SpeechPipeline:
                                  self.settings.max_audio_seconds)
         return self.transcribe(audio, config, cancel), config
 
-    def transcribe(self, audio: np.ndarray, config: InferenceConfig, cancel: threading.Event | None = None) -> Transcript:
+    def transcribe(self, audio: np.ndarray, config: InferenceConfig, cancel: threading.Event | None = None,
+                   progress: Progress | None = None) -> Transcript:
         """Transcribe 16 kHz mono float32 audio (and diarize it when a diarization model is loaded).
 
-        Setting `cancel` (a request's timeout) stops the work at the next check and raises `Cancelled`."""
+        Setting `cancel` (a request's timeout) stops the work at the next check and raises `Cancelled`;
+        `progress(done, total)` hears of the windows decoded (the CLI's progress bar)."""
         cancel = cancel or threading.Event()
         generate_kwargs = self.generate_kwargs(config)  # refuses bad options before the VAD runs
         duration = len(audio) / SAMPLE_RATE
@@ -212,7 +215,7 @@ class SpeechPipeline:
         assisted = self.use_assistant(config, len(windows))
         if assisted:
             generate_kwargs = {**generate_kwargs, **self.assistant_kwargs}
-        segments = self._transcribe_windows(audio, windows, config, generate_kwargs, assisted, cancel)
+        segments = self._transcribe_windows(audio, windows, config, generate_kwargs, assisted, cancel, progress)
         text = "".join(segment.text for segment in segments).strip()
         transcript = Transcript(text=text, segments=segments, duration=duration,
                                 language=generate_kwargs.get("language") or (None if self.multilingual else "en"))
@@ -231,9 +234,17 @@ class SpeechPipeline:
             return self.asr(inputs, batch_size=batch_size, **{**options, "generate_kwargs": generate_kwargs})
 
     def _transcribe_windows(self, audio: np.ndarray, windows: list[tuple[float, float]], config: InferenceConfig,
-                            generate_kwargs: dict[str, Any], assisted: bool, cancel: threading.Event) -> list[Segment]:
+                            generate_kwargs: dict[str, Any], assisted: bool, cancel: threading.Event,
+                            progress: Progress | None = None) -> list[Segment]:
         if not windows:
             return []
+        if progress is not None:  # one batch at a time, reporting each: the batches the pipeline would form anyway
+            step, segments = (1 if assisted else config.effective_batch_size), []
+            for first in range(0, len(windows), step):
+                segments += self._transcribe_windows(audio, windows[first:first + step], config, generate_kwargs,
+                                                     assisted, cancel)
+                progress(min(first + step, len(windows)), len(windows))
+            return segments
         inputs = [{"raw": audio[int(s * SAMPLE_RATE):int(e * SAMPLE_RATE)], "sampling_rate": SAMPLE_RATE}
                   for s, e in windows]
         word_level = config.return_timestamps == "word"

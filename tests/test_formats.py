@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import io
 import json
+import os
 import re
-import time
 
 import pytest
 import srt
@@ -111,17 +110,54 @@ def test_cli_formats(fmt, cli_env, tiny_models, monkeypatch, capsys):
         assert out.endswith("\n")
 
 
-def test_cli_progress_spins_on_a_terminal_only():
-    from scripts.transcribe import progress
+def test_cli_writes_every_format_for_two_files_with_progress(cli_env, tiny_models, tmp_path, monkeypatch, capsys):
+    from scripts.transcribe import main
 
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
+    monkeypatch.setenv("ASSISTANT_MODEL", "")
+    second = tmp_path / "second.flac"
+    second.write_bytes(encode(tone(2.0), 16000, "flac", "flac"))
+    out = tmp_path / "out"
+    code = main([str(cli_env), str(second), "--model", str(tiny_models["main"]), "--no-diarize", "--output_dir",
+                 str(out), "--output-format", "all", "--max_line_width", "20", "--parameters", '{"vad": false}',
+                 "--print_progress"])
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{stem}.{ext}" for stem in ("tone", "second")
+                                                            for ext in ("json", "txt", "srt", "vtt", "tsv"))
+    for stem in ("tone", "second"):
+        response = json.loads((out / f"{stem}.json").read_text())
+        assert response["words"] is not None and response["speakers"] == []  # shaping asks for word times
+        assert (out / f"{stem}.txt").read_text() == response["text"] + "\n"
+        assert all(len(line) <= 20 or " " not in line for s in srt.parse((out / f"{stem}.srt").read_text())
+                   for line in s.content.splitlines())
+        assert len(webvtt.from_string((out / f"{stem}.vtt").read_text()).captions) == len(
+            list(srt.parse((out / f"{stem}.srt").read_text())))
+        assert (out / f"{stem}.tsv").read_text().startswith("start\tend\ttext\n")
+    err = capsys.readouterr().err
+    assert "2/2" in err and "window" in err and "second.flac" in err  # tqdm bars over the files and the windows
+    assert "Loading weights" not in err
+    code = main([str(cli_env), "--model", str(tiny_models["main"]), "--no_diarize", "--output_format", "rttm",
+                 "--output_dir", str(out)])
+    assert code == 2 and "rttm needs diarization" in capsys.readouterr().err
 
-    terminal, pipe = Terminal(), io.StringIO()
-    with progress("transcribing x.flac", terminal), progress("transcribing x.flac", pipe):
-        time.sleep(0.6)
-    assert "transcribing x.flac: 0 s" in terminal.getvalue() and pipe.getvalue() == ""
+
+@pytest.mark.parametrize("problem", ["missing", "directory", "unreadable"])
+def test_cli_refuses_a_bad_file_before_loading_models(problem, tmp_path, cli_env, monkeypatch, capsys):
+    import speech_pipeline
+    from scripts.transcribe import main
+
+    monkeypatch.setattr(speech_pipeline, "SpeechPipeline", lambda *a, **k: pytest.fail("a model was loaded"))
+    path = {"missing": tmp_path / "nope.wav", "directory": tmp_path}.get(problem, tmp_path / "locked.wav")
+    if problem == "unreadable":
+        path.write_bytes(b"RIFF")
+        path.chmod(0)
+        if os.access(path, os.R_OK):
+            pytest.skip("running as root: every file is readable")
+    with pytest.raises(SystemExit) as exit_:
+        main([str(cli_env), str(path), "--output_dir", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and str(path) in err
+    assert not (tmp_path / "out").exists()
 
 
 def _spoken(sentence_count: int = 6, speakers: tuple[str | None, ...] = (None,)) -> Transcript:
