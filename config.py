@@ -84,6 +84,11 @@ class InferenceConfig(BaseModel):
     num_speakers: int | None = Field(None, ge=1, le=100)
     min_speakers: int | None = Field(None, ge=1, le=100)
     max_speakers: int | None = Field(None, ge=1, le=100)
+    known_speaker_names: list[str] | None = Field(None, description=(
+        "names of up to 4 speakers, each with a reference clip in known_speaker_references: a diarized speaker "
+        "whose voice matches one gets its name"))
+    known_speaker_references: list[str] | None = Field(None, description=(
+        "reference clips (1-30 s of one voice), base64 or data: URLs, one per known_speaker_names entry"))
 
     @field_validator("return_timestamps", mode="before")
     @classmethod

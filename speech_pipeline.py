@@ -11,6 +11,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+import known_speakers
+import metrics
 from audio import SAMPLE_RATE, decode_audio, payload_bytes
 from batching import WindowBatcher
 from config import (DEFAULT_ASR_MODEL, DEFAULT_ASSISTANT_MODEL, DEFAULT_DIARIZATION_MODEL, PROJECT_DIR,
@@ -68,17 +70,23 @@ class SpeechPipeline:
             self.asr = self._load_asr(asr_model, token)
         except Exception as error:  # a start-up failure must say which model, never echo the token
             raise RuntimeError(f"could not load ASR_MODEL {asr_model!r}: {redact(str(error), token)}") from None
+        metrics.MODEL_LOAD_SECONDS.labels("asr").set(time.perf_counter() - started)
         generation = self.asr.model.generation_config
         self.multilingual = bool(getattr(generation, "is_multilingual", True))
         self.lang_to_id: dict[str, int] = dict(getattr(generation, "lang_to_id", None) or {})
+        loading = time.perf_counter()
         self.assistant_kwargs = self._load_assistant(base, token)
+        if self.assistant_kwargs:
+            metrics.MODEL_LOAD_SECONDS.labels("assistant").set(time.perf_counter() - loading)
         self.drafting_pays = bool(self.assistant_kwargs) and drafting_pays(
             self.asr.model.config, self.assistant_kwargs["assistant_model"].config)
         self.detector = SpeechDetector()
         self.diarizer = None
         diarization_model = self._resolve_optional(self.settings.diarization_model, DEFAULT_DIARIZATION_MODEL, base)
         if diarization_model:
+            loading = time.perf_counter()
             self.diarizer = load_diarizer(diarization_model, token, self.device)
+            metrics.MODEL_LOAD_SECONDS.labels("diarization").set(time.perf_counter() - loading)
         self._lock = threading.Lock()  # one forward pass at a time: transformers models are not re-entrant
         self._diarization_lock = threading.Lock()  # pyannote pipelines keep state between calls too
         wait_s = self.settings.batch_wait_ms / 1000
@@ -206,7 +214,12 @@ class SpeechPipeline:
         Setting `cancel` (a request's timeout) stops the work at the next check and raises `Cancelled`;
         `progress(done, total)` hears of the windows decoded (the CLI's progress bar)."""
         cancel = cancel or threading.Event()
+        started = time.perf_counter()
         generate_kwargs = self.generate_kwargs(config)  # refuses bad options before the VAD runs
+        known = known_speakers.references(config.known_speaker_names, config.known_speaker_references)
+        if known and (self.diarizer is None or not config.diarization):
+            raise RequestError("known_speaker_names needs diarization: a DIARIZATION_MODEL and diarization not "
+                               "turned off", field="known_speaker_names")
         duration = len(audio) / SAMPLE_RATE
         with self._batcher.arriving():
             regions = self.detector.regions(audio, config.chunk_length_s) if config.vad else [(0.0, duration)]
@@ -222,7 +235,9 @@ class SpeechPipeline:
         if self.diarizer is not None and config.diarization:
             with self._diarization_lock:
                 turns = diarize(self.diarizer, audio, config, cancel)
+                turns = known_speakers.name_speakers(self.diarizer, audio, turns, known)
             transcript.speakers = merge_speakers(turns, segments, by_word=config.return_timestamps == "word")
+        metrics.observe_transcription(duration, time.perf_counter() - started)
         return transcript
 
     def _forward(self, inputs: list[dict[str, Any]], batch_size: int, options: dict[str, Any],
@@ -230,6 +245,7 @@ class SpeechPipeline:
         from transformers import StoppingCriteriaList
 
         generate_kwargs = {**options["generate_kwargs"], "stopping_criteria": StoppingCriteriaList([_StopWhen(stop)])}
+        metrics.observe_batch(len(inputs))
         with self._lock, torch.inference_mode():
             return self.asr(inputs, batch_size=batch_size, **{**options, "generate_kwargs": generate_kwargs})
 
