@@ -22,8 +22,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from config import InferenceConfig, ModelSettings
-from errors import RequestError
+from errors import RequestError, invalid_parameter
 from formats import FORMATS, SubtitleOptions, render, to_rttm, to_srt, to_text, to_tsv, to_vtt
 
 OUTPUT_FORMATS = ("all", "json", "txt", "srt", "vtt", "tsv", "rttm")
@@ -181,8 +183,10 @@ def _request_options(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         if subtitles.shaped:  # cues are cut at word times
             parameters["return_timestamps"] = "word"
         InferenceConfig.parse(parameters)
-    except (RequestError, ValueError) as error:
-        parser.error(str(error).splitlines()[0] if not isinstance(error, RequestError) else str(error))
+    except ValidationError as error:
+        parser.error(str(invalid_parameter(error.errors())))
+    except RequestError as error:
+        parser.error(str(error))
     return subtitles, parameters
 
 
