@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,10 +47,11 @@ class ModelSettings(BaseSettings):
     _empty_is_none = field_validator("assistant_model", "diarization_model", mode="before")(empty_is_none)
 
     def resolve(self, name: str | None, base: Path) -> str | None:
-        """A relative path that exists under `base` (the handler repo) wins over a hub id of the same name."""
+        """A relative path that exists under `base` (the handler repo), the working directory or the checkout whose
+        venv runs this (setup.sh's .venv, after a non-editable `pip install .`) wins over a hub id of that name."""
         if name is None:
             return None
-        for candidate in (base / name, Path(name).expanduser()):
+        for candidate in (base / name, Path(name).expanduser(), Path(sys.prefix).parent / name):
             if candidate.is_dir():
                 return str(candidate.resolve())
         return name

@@ -20,3 +20,4 @@ if torch.version.cuda is None:
         so.unlink()
 PY
 .venv/bin/python -m scripts.build_models
+"${PIP[@]}" --no-deps --no-build-isolation -e .  # the commands whisper-transcribe and whisper-server

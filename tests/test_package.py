@@ -96,3 +96,14 @@ def test_the_server_command_serves(installed, tiny_models, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_an_installed_copy_finds_the_models_of_the_checkout_whose_venv_runs_it(tmp_path, monkeypatch):
+    from config import DEFAULT_ASR_MODEL, ModelSettings
+
+    checkout_models = Path(sys.prefix).parent / DEFAULT_ASR_MODEL  # setup.sh's .venv sits in the checkout
+    if not checkout_models.is_dir():
+        pytest.skip("this venv is not a checkout's .venv with built models")
+    monkeypatch.chdir(tmp_path)
+    assert ModelSettings().resolve(DEFAULT_ASR_MODEL, tmp_path / "site-packages") == str(checkout_models.resolve())
+    assert ModelSettings().resolve("openai/whisper-base", tmp_path) == "openai/whisper-base"  # a hub id stays
