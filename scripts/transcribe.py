@@ -13,6 +13,7 @@ the offline defaults that setup.sh builds. Files are checked before any model lo
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
 import os
@@ -68,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     option("min_speakers", type=int, help="diarization hint")
     option("max_speakers", type=int, help="diarization hint")
     option("num_speakers", type=int, help="diarization hint: the exact count")
+    option("known_speaker", action="append", metavar="NAME=FILE", dest="known_speakers",
+           help="a speaker's name and a 1-30 s clip of that voice; matched speakers are labelled NAME (up to 4)")
     option("output_dir", type=Path, help="write files here (default: . when --output_format is given)")
     option("output_format", choices=OUTPUT_FORMATS, help="file formats to write (default: all with --output_dir)")
     option("format", choices=FORMATS, default="json", dest="stdout_format",
@@ -177,6 +180,13 @@ def _request_options(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             parameters[name] = getattr(args, name)
     if args.diarize is not None:
         parameters["diarization"] = args.diarize
+    for known in args.known_speakers or []:
+        name, _, clip = known.partition("=")
+        if not name or not clip:
+            parser.error(f"--known_speaker wants NAME=FILE, not {known!r}")
+        path = _checked_files(parser, [Path(clip)])[0]
+        parameters.setdefault("known_speaker_names", []).append(name)
+        parameters.setdefault("known_speaker_references", []).append(base64.b64encode(path.read_bytes()).decode())
     try:
         subtitles = SubtitleOptions(max_line_width=args.max_line_width, max_line_count=args.max_line_count,
                                     max_cue_seconds=args.max_cue_seconds, highlight_words=bool(args.highlight_words))

@@ -96,3 +96,17 @@ def test_the_contract_and_the_openai_route_name_the_speakers(clips):
             ("known_speaker_references[]", ("bob.wav", clips["Bob"], "audio/wav"))])
     assert response.status_code == 200, response.text
     assert [s["speaker"] for s in response.json()["segments"]] == [NAMES[ref["speaker"]] for ref in REFERENCE]
+
+
+def test_cli_names_the_speakers_in_rttm(clips, tmp_path, monkeypatch):
+    from scripts.transcribe import main
+
+    monkeypatch.setenv("ASSISTANT_MODEL", "")
+    (tmp_path / "bob.wav").write_bytes(clips["Bob"])
+    (tmp_path / "alice.wav").write_bytes(clips["Alice"])
+    assert main([str(TWO_SPEAKERS), "--language", "en", "--known_speaker", f"Bob={tmp_path / 'bob.wav'}",
+                 "--known-speaker", f"Alice={tmp_path / 'alice.wav'}", "--output_format", "rttm", "--output_dir",
+                 str(tmp_path)]) == 0
+    rows = [line.split() for line in (tmp_path / "two_speakers.rttm").read_text().splitlines()]
+    assert [row[7] for row in rows] == [NAMES[ref["speaker"]] for ref in REFERENCE]
+    assert all(row[1] == "two_speakers" and abs(float(row[3]) - ref["start"]) < 0.6 for row, ref in zip(rows, REFERENCE))
