@@ -37,8 +37,10 @@ def observe_transcription(audio_seconds: float, elapsed: float) -> None:
         REAL_TIME_FACTOR.observe(elapsed / audio_seconds)
 
 
-def observe_batch(windows: int) -> None:
-    BATCH_WINDOWS.observe(windows)
+def observe_batch(windows: int, batch_size: int) -> None:
+    """One `forward` call: the ASR pipeline runs its windows in passes of `batch_size`."""
+    for first in range(0, windows, max(1, batch_size)):
+        BATCH_WINDOWS.observe(min(batch_size, windows - first))
     WINDOWS.inc(windows)
 
 

@@ -245,7 +245,7 @@ class SpeechPipeline:
         from transformers import StoppingCriteriaList
 
         generate_kwargs = {**options["generate_kwargs"], "stopping_criteria": StoppingCriteriaList([_StopWhen(stop)])}
-        metrics.observe_batch(len(inputs))
+        metrics.observe_batch(len(inputs), batch_size)
         with self._lock, torch.inference_mode():
             return self.asr(inputs, batch_size=batch_size, **{**options, "generate_kwargs": generate_kwargs})
 

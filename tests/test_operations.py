@@ -87,6 +87,7 @@ def test_metrics_parse_and_move_with_a_request(client, wav):
     assert moved("whisper_audio_seconds_total") == 3.0
     assert moved("whisper_real_time_factor_count") == 1
     assert moved("whisper_windows_decoded_total") == 1 and moved("whisper_batch_windows_count") == 1
+    assert moved("whisper_batch_windows_bucket", le="1.0") == 1
     assert moved("whisper_queue_wait_seconds_count") == 2  # the undecodable upload waited for a worker too
     assert after[("whisper_requests_in_flight", ())] == 0 and after[("whisper_requests_queued", ())] == 0
     assert after[("whisper_model_load_seconds", (("model", "asr"),))] > 0
@@ -151,3 +152,17 @@ def test_known_speakers_need_diarization(client, wav):
     reference = "data:audio/wav;base64," + __import__("base64").b64encode(wav).decode()
     response = transcribe(client, wav, **{"known_speaker_names[]": "Ann", "known_speaker_references[]": reference})
     assert response.status_code == 400 and response.json()["field"] == "known_speaker_names"
+
+
+def test_batch_histogram_counts_each_forward_pass():
+    import metrics
+    from prometheus_client import REGISTRY
+
+    def count() -> tuple[float, float]:
+        return (REGISTRY.get_sample_value("whisper_batch_windows_sum"),
+                REGISTRY.get_sample_value("whisper_batch_windows_count"))
+
+    before = count()
+    metrics.observe_batch(50, 24)  # passes of 24, 24 and 2 windows
+    after = count()
+    assert (after[0] - before[0], after[1] - before[1]) == (50, 3)
