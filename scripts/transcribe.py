@@ -85,9 +85,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_BOOL_FLAGS = {"--highlight_words", "--highlight-words", "--print_progress", "--print-progress", "--verbose"}
+_BOOL_WORDS = {"true", "false", "1", "0", "yes", "no", "on", "off"}
+
+
+def _explicit_bools(argv: list[str]) -> list[str]:
+    """A bare boolean flag before a FILE (`--highlight_words talk.mp3`) means true, not a bad value."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        following = argv[i + 1] if i + 1 < len(argv) else None
+        if arg in _BOOL_FLAGS and following is not None and not (
+                following.startswith("-") or following.lower() in _BOOL_WORDS):
+            out.append("True")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_explicit_bools(sys.argv[1:] if argv is None else argv))
     files = _checked_files(parser, args.files)
     subtitles, parameters = _request_options(parser, args)
     to_files = args.output_dir is not None or args.output_format is not None
