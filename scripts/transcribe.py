@@ -103,7 +103,7 @@ def _explicit_bools(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(_explicit_bools(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_intermixed_args(_explicit_bools(sys.argv[1:] if argv is None else argv))
     files = _checked_files(parser, args.files)
     subtitles, parameters = _request_options(parser, args)
     to_files = args.output_dir is not None or args.output_format is not None

@@ -113,9 +113,9 @@ def test_cli_formats(fmt, cli_env, tiny_models, monkeypatch, capsys):
 def test_cli_bare_boolean_flags_before_files():
     from scripts.transcribe import _explicit_bools, build_parser
 
-    args = build_parser().parse_args(_explicit_bools(["--highlight_words", "a.wav", "--verbose", "b.wav"]))
+    args = build_parser().parse_intermixed_args(_explicit_bools(["--highlight_words", "a.wav", "--verbose", "b.wav"]))
     assert args.highlight_words is True and args.verbose is True and [str(f) for f in args.files] == ["a.wav", "b.wav"]
-    args = build_parser().parse_args(_explicit_bools(["a.wav", "--highlight-words", "False", "--print_progress"]))
+    args = build_parser().parse_intermixed_args(_explicit_bools(["a.wav", "--highlight-words", "False", "--print_progress"]))
     assert args.highlight_words is False and args.print_progress is True
 
 
