@@ -169,7 +169,9 @@ def openai_form(
 
 _OPENAI_DESCRIPTION = ("OpenAI-compatible multipart form. Extra form fields named like the Inference Endpoints "
                        "parameters (`vad`, `batch_size`, `num_beams`, `chunk_length_s`, `assisted`, `num_speakers`, "
-                       "...) are applied too.")
+                       "...) are applied too; `known_speaker_names[]` with `known_speaker_references[]` (data: URLs "
+                       "or files) name diarized speakers; `max_line_width`, `max_line_count`, `max_cue_seconds` and "
+                       "`highlight_words` shape `srt` / `vtt`. Other fields are ignored and logged.")
 
 
 @inference.post("/v1/audio/transcriptions", summary="Transcribe (OpenAI-compatible)", description=_OPENAI_DESCRIPTION)
