@@ -14,9 +14,8 @@ from typing import Any, Callable, TypeVar
 
 import anyio
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from fastapi.routing import APIRoute
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pydantic import Field, SecretStr, field_validator
@@ -41,8 +40,15 @@ class ServerSettings(BaseSettings):
     max_concurrent_requests: int = Field(
         8, ge=1, le=64, description="requests in the pipeline at once; their windows share forward passes")
     max_queued_requests: int = Field(8, ge=0, description="requests waiting for a worker; more get 503")
-    request_timeout_s: float = Field(900.0, gt=0, description="upload + queue wait + transcription; then 504")
+    request_timeout_s: float = Field(
+        900.0, gt=0, description="queue wait + transcription, from when the body has arrived; then 504")
     retry_after_s: int = Field(5, ge=1, description="Retry-After header of 503 answers")
+    upload_min_bytes_per_s: float = Field(
+        16384, gt=0, description="after UPLOAD_GRACE_S an upload must average at least this rate, else 408")
+    upload_grace_s: float = Field(10.0, gt=0, description="seconds an upload may take before the rate counts")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a connection's request head must arrive whole within this; else it is closed")
+    keep_alive_s: int = Field(5, ge=1, description="an idle keep-alive connection is closed after this")
 
     _empty_is_none = field_validator("api_key", mode="before")(empty_is_none)
 
@@ -81,8 +87,9 @@ class Ticket:
 class InferenceQueue:
     """FIFO worker threads off the event loop, and admission of at most workers + waiting requests at once.
 
-    A place is held from admission until the transcription thread ends: a timed-out transcription stops at its
-    next check (between decoding steps, stages and diarization batches) and holds its place until then.
+    A place is taken once the request's body has arrived (a slow upload holds none) and held until the
+    transcription thread ends: a timed-out or disconnected request's transcription stops at its next check
+    (between batches and decoding steps, stages and diarization batches) and holds its place until then.
     """
 
     def __init__(self, workers: int, waiting: int):
@@ -91,11 +98,15 @@ class InferenceQueue:
 
     def admit(self, retry_after_s: int) -> Ticket:
         with self.lock:
-            if self.held >= self.capacity:
-                raise ServiceError(f"the server is busy ({self.held} requests running or queued): retry later",
-                                   503, {"Retry-After": str(retry_after_s)})
+            self.check_room(retry_after_s)
             self.held += 1
         return Ticket(self)
+
+    def check_room(self, retry_after_s: int) -> None:
+        """503 when every place is held: said before an upload, and again when the body has arrived."""
+        if self.held >= self.capacity:
+            raise ServiceError(f"the server is busy ({self.held} requests running or queued): retry later", 503,
+                               {"Retry-After": str(retry_after_s)})
 
     async def submit(self, ticket: Ticket, job: Callable[[], T]) -> T:
         future = self._executor.submit(job)
@@ -155,10 +166,11 @@ class Service:
         return self.pipeline
 
     async def execute(self, request: Request, job: Callable[[threading.Event], T]) -> T:
-        """Run `job(cancel)` on a worker thread in the request's queue place; a model failure becomes a 500.
-        When the request ends first (timeout, disconnect), `cancel` is set and the transcription stops early."""
+        """Take a queue place and run `job(cancel)` on a worker thread; a model failure becomes a 500. Call it once
+        the body has arrived. When the request ends first (REQUEST_TIMEOUT_S, the client disconnects), `cancel` is
+        set and the transcription stops at its next check."""
         cancel = threading.Event()
-        ticket: Ticket = request.state.ticket
+        ticket = self.queue.admit(self.settings.retry_after_s)
 
         def guarded() -> T:
             started = time.perf_counter()
@@ -180,10 +192,33 @@ class Service:
             logger.info("%s %s served in %.2f s", request.method, request.url.path, time.perf_counter() - started)
             return result
 
+        work = asyncio.ensure_future(self.queue.submit(ticket, guarded))
+        watcher = asyncio.ensure_future(_disconnected(request))
         try:
-            return await self.queue.submit(ticket, guarded)
+            done, _ = await asyncio.wait({work, watcher}, timeout=self.settings.request_timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if work in done:
+                return work.result()
+            if watcher in done:
+                raise ClientGone()
+            raise ServiceError(f"the request took longer than {self.settings.request_timeout_s:g} s "
+                               "(REQUEST_TIMEOUT_S)", 504)
         finally:
             cancel.set()  # a no-op once the job is done
+            for task in (work, watcher):
+                task.cancel()  # a job not yet started never starts
+            if not ticket.handed_off:
+                ticket.free()
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer: nobody reads a response, the log gets one line."""
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client disconnects: with the body read, the next ASGI message is the disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 try:
@@ -203,50 +238,56 @@ def service_of(request: Request) -> Service:
 
 
 class InferenceRoute(APIRoute):
-    """Checks the API key, the model state and a queue place before the body is read; times the whole request."""
+    """Checks the API key, then the declared body size, the model state and that the queue has room, before the body
+    is read; the queue place itself is taken once the body has arrived (`Service.execute`)."""
 
     def get_route_handler(self) -> Callable[[Request], Any]:
         handler = super().get_route_handler()
 
         async def guarded(request: Request) -> Response:
             service = service_of(request)
-            service.authorize(request.headers.get("authorization"))
+            service.authorize(request.headers.get("authorization"))  # first: strangers learn no limits
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > service.settings.max_upload_bytes:
+                raise ServiceError(_too_large(service.settings.max_upload_bytes), 413, {"Connection": "close"})
             service.ready()
-            request.state.ticket = ticket = service.queue.admit(service.settings.retry_after_s)
-            try:
-                with anyio.fail_after(service.settings.request_timeout_s):
-                    return await handler(request)
-            except TimeoutError:
-                raise ServiceError(f"the request took longer than {service.settings.request_timeout_s:g} s "
-                                   "(REQUEST_TIMEOUT_S)", 504) from None
-            finally:
-                if not ticket.handed_off:
-                    ticket.free()
+            service.queue.check_room(service.settings.retry_after_s)  # no upload only to hear "busy"
+            return await handler(request)
 
         return guarded
 
 
-class BodyLimit:
-    """413 for a body over `max_bytes`: from Content-Length before reading, else as soon as the stream passes it."""
+def _too_large(max_bytes: int) -> str:
+    return f"the request body is larger than {max_bytes} bytes (MAX_UPLOAD_BYTES)"
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+
+class BodyLimit:
+    """Bounds every request body as it streams in: 413 past `max_bytes`, and 408 for an upload that, after
+    `grace_s`, averages under `min_rate` bytes a second (a slow client holds a connection, never a queue place)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, min_rate: float = 16384, grace_s: float = 10.0):
+        self.app, self.max_bytes, self.min_rate, self.grace_s = app, max_bytes, min_rate, grace_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        message = f"the request body is larger than {self.max_bytes} bytes (MAX_UPLOAD_BYTES)"
-        declared = Headers(scope=scope).get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            return await JSONResponse(RequestError(message, 413).to_dict(), 413)(scope, receive, send)
-        received = 0
+        started, received, complete = time.monotonic(), 0, False
 
         async def limited_receive() -> Message:
-            nonlocal received
-            event = await receive()
-            received += len(event.get("body", b"")) if event["type"] == "http.request" else 0
-            if received > self.max_bytes:
-                raise HTTPException(413, message)  # FastAPI's body parsing re-raises HTTPExceptions as they are
-            return event
+            nonlocal received, complete
+            if complete:  # the body is in: what comes next is the disconnect, whenever it comes
+                return await receive()
+            deadline = started + self.grace_s + received / self.min_rate
+            with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
+                event = await receive()
+                if event["type"] == "http.request":
+                    received += len(event.get("body", b""))
+                    complete = not event.get("more_body", False)
+                if received > self.max_bytes:
+                    raise HTTPException(413, _too_large(self.max_bytes), {"Connection": "close"})
+                return event  # FastAPI's body parsing re-raises HTTPExceptions as they are
+            raise HTTPException(408, f"the upload was too slow: {received} bytes in {time.monotonic() - started:.0f} "
+                                     f"s, under {self.min_rate:g} bytes/s after {self.grace_s:g} s "
+                                     "(UPLOAD_MIN_BYTES_PER_S, UPLOAD_GRACE_S)", {"Connection": "close"})
 
         await self.app(scope, limited_receive, send)

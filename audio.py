@@ -14,15 +14,17 @@ from errors import RequestError
 
 SAMPLE_RATE = 16000
 MIN_SECONDS = 0.1
-_DATA_URI = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
+# MediaRecorder + readAsDataURL write parameters before ";base64," (data:audio/webm;codecs=opus;base64,...)
+_DATA_URI = re.compile(r"^data:[^,]*;base64,", re.IGNORECASE)
 
 
 def payload_bytes(inputs: object) -> bytes:
-    """The audio bytes of a request's `inputs`: raw bytes, or a base64 string (a data: URI prefix is allowed)."""
+    """The audio bytes of a request's `inputs`: raw bytes, or a base64 string (a data: URI prefix is allowed, and
+    line breaks as the `base64` command and `base64.encodebytes` write them)."""
     if isinstance(inputs, (bytes, bytearray, memoryview)):
         data = bytes(inputs)
     elif isinstance(inputs, str):
-        text = _DATA_URI.sub("", inputs.strip(), count=1)
+        text = "".join(_DATA_URI.sub("", inputs.strip(), count=1).split())
         try:
             data = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
@@ -42,7 +44,7 @@ def decode_audio(data: bytes, audio_format: str = "auto", sampling_rate: int = S
     if audio_format == "auto":
         audio = _decode_container(data, max_seconds)
     else:
-        audio = _decode_pcm(data, audio_format, sampling_rate)
+        audio = _decode_pcm(data, audio_format, sampling_rate, max_seconds)
     seconds = len(audio) / SAMPLE_RATE
     if max_seconds is not None and seconds > max_seconds:
         raise _too_long(seconds, max_seconds)
@@ -74,8 +76,7 @@ def _decode_container(data: bytes, max_seconds: float | None) -> np.ndarray:
             resampler, pieces, total = _resampler(), [], 0
             limit = None if max_seconds is None else int((max_seconds + 1) * SAMPLE_RATE)
             for frame in container.decode(stream):
-                frame.pts = None  # resample by sample count: broken timestamps must not drop audio
-                for out in resampler.resample(frame):
+                for out in resampler.resample(_mono(frame)):
                     pieces.append(out.to_ndarray()[0])
                     total += out.samples
                 if limit is not None and total > limit:
@@ -89,12 +90,35 @@ def _decode_container(data: bytes, max_seconds: float | None) -> np.ndarray:
     return np.concatenate(pieces).astype(np.float32, copy=False) if pieces else np.zeros(0, np.float32)
 
 
-def _decode_pcm(data: bytes, audio_format: str, sampling_rate: int) -> np.ndarray:
+_FULL_SCALE = {np.dtype(np.uint8): 128.0, np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2.0**31,
+               np.dtype(np.int64): 2.0**63}
+
+
+def _mono(frame: av.AudioFrame) -> av.AudioFrame:
+    """A mono float frame: the average of the channels, for any channel count (FFmpeg's resampler has no
+    default layout for 9, 11, 13, 15, 17-23 or 25-32 channels and refuses them)."""
+    samples = frame.to_ndarray()
+    channels = frame.layout.nb_channels
+    if not frame.format.is_planar:  # interleaved: (1, samples * channels)
+        samples = samples.reshape(-1, channels).T
+    scale = _FULL_SCALE.get(samples.dtype)
+    if scale is None:
+        mono = samples.astype(np.float32).mean(axis=0)
+    else:
+        mono = (samples.astype(np.float32) - (128.0 if samples.dtype == np.uint8 else 0.0)).mean(axis=0) / scale
+    out = av.AudioFrame.from_ndarray(np.ascontiguousarray(mono[None, :], np.float32), format="flt", layout="mono")
+    out.sample_rate = frame.sample_rate  # no pts: resample by sample count, broken timestamps must not drop audio
+    return out
+
+
+def _decode_pcm(data: bytes, audio_format: str, sampling_rate: int, max_seconds: float | None = None) -> np.ndarray:
     dtype, av_format = {"pcm_s16le": ("<i2", "s16"), "pcm_f32le": ("<f4", "flt")}[audio_format]
     width = np.dtype(dtype).itemsize
     if len(data) % width:
         raise RequestError(f"raw {audio_format} audio must be a whole number of {width}-byte samples", field="inputs")
     samples = np.frombuffer(data, dtype=dtype)
+    if max_seconds is not None and len(samples) / sampling_rate > max_seconds:
+        raise _too_long(len(samples) / sampling_rate, max_seconds)  # before resampling: 1 kHz grows 16x, + copies
     if len(samples) == 0:
         return np.zeros(0, np.float32)
     if sampling_rate == SAMPLE_RATE:

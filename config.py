@@ -70,7 +70,8 @@ class InferenceConfig(BaseModel):
     assisted: bool | Literal["auto"] = Field(
         False, description="speculative decoding with the assistant model; auto: only where it is measured to win"
     )
-    chunk_length_s: float = Field(30.0, gt=0, le=30.0, description="longest window fed to Whisper, seconds")
+    chunk_length_s: float = Field(30.0, ge=1.0, le=30.0, description=(
+        "longest window fed to Whisper, seconds; every window is encoded as 30 s, so shorter ones multiply the work"))
     sampling_rate: int = Field(16000, ge=1000, le=384000, description="rate of headerless raw PCM input only")
     audio_format: Literal["auto", "pcm_s16le", "pcm_f32le"] = Field(
         "auto", description="auto: a container (wav, flac, mp3, ogg, m4a, ...); pcm_*: headerless mono samples"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
@@ -26,14 +28,40 @@ def load_diarizer(name: str, token: str | None, device: torch.device) -> Any:
     import offline_diarizer  # noqa: F401  (turns pyannote telemetry off; offline checkpoints name its classes)
     from pyannote.audio import Pipeline
 
+    # pyannote 4 names it `token`; 3.x (the endpoint's, which keeps the image's torch) `use_auth_token`
+    token_3x = "token" not in inspect.signature(Pipeline.from_pretrained).parameters
     try:
-        pipeline = Pipeline.from_pretrained(name, token=token)
+        if token_3x and Path(name).is_dir():
+            pipeline = _local_pipeline_3x(Path(name) / "config.yaml")
+        else:
+            pipeline = Pipeline.from_pretrained(name, **{"use_auth_token" if token_3x else "token": token})
     except Exception as error:
         raise RuntimeError(f"could not load DIARIZATION_MODEL {name!r}: {redact(str(error), token)}") from None
     if pipeline is None:  # pyannote returns None for gated or missing models instead of raising
         raise RuntimeError(f"could not load DIARIZATION_MODEL {name!r}: accept its conditions on the hub and set "
                            "HF_TOKEN to a token that can read it, or point it at a local pipeline directory")
     return pipeline.to(device)
+
+
+def _local_pipeline_3x(config_yaml: Path) -> Any:
+    """pyannote 3.x reads a local pipeline only as a config.yaml of file paths: 4.x's `$model/DIR` references
+    become DIR/pytorch_model.bin, and parameters 3.x's class does not take (4.x's `plda`) are left out."""
+    import yaml
+    from pyannote.audio.core.pipeline import get_class_by_name
+
+    config = yaml.safe_load(config_yaml.read_text())
+    klass = get_class_by_name(config["pipeline"]["name"], default_module_name="pyannote.pipeline.blocks")
+    accepted = inspect.signature(klass.__init__).parameters
+    params = {}
+    for key, value in config["pipeline"].get("params", {}).items():
+        if isinstance(value, str) and value.startswith("$model/"):
+            value = config_yaml.parent / value.removeprefix("$model/")
+            value = str(value / "pytorch_model.bin" if value.is_dir() else value)
+        if key in accepted:
+            params[key] = value
+    pipeline = klass(**params)
+    pipeline.instantiate(config.get("params", {}))
+    return pipeline
 
 
 def diarize(pipeline: Any, audio: np.ndarray, config: InferenceConfig,

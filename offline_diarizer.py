@@ -137,6 +137,7 @@ def save_checkpoint(model: Model, path: Path) -> Path:
     checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
                   "pytorch-lightning_version": lightning.__version__}
     model.on_save_checkpoint(checkpoint)
+    checkpoint["pyannote.audio"]["versions"].setdefault("torch", torch.__version__)  # pyannote 3.x reads it
     torch.save(checkpoint, path)
     return path
 

@@ -1,12 +1,14 @@
 """Self-hosted HTTP server: the Inference Endpoints contract and OpenAI-compatible audio routes on one pipeline.
 
-    .venv/bin/python -m uvicorn server:app --host 127.0.0.1 --port 8000
+    .venv/bin/python -m server --host 127.0.0.1 --port 8000      # uvicorn with the connection deadlines
+    .venv/bin/python -m uvicorn server:app --host 127.0.0.1 --port 8000 --http http_protocol:GuardedH11Protocol
 
 Models come from the same env vars as the handler (`ModelSettings`); limits and the API key from `ServerSettings`.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import logging
@@ -25,12 +27,14 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData
 from starlette.datastructures import UploadFile as StarletteUpload
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 import metrics
-from admission import BodyLimit, InferenceRoute, ServerSettings, Service, service_of
+from admission import BodyLimit, ClientGone, InferenceRoute, ServerSettings, ServiceError, Service, service_of
 from config import InferenceConfig, ModelSettings
 from errors import RequestError, invalid_parameter
 from formats import ResponseFormat, SubtitleOptions, render
+from http_protocol import redact_access_log, uvicorn_options
 from speech_pipeline import SpeechPipeline
 
 logger = logging.getLogger(__name__)
@@ -43,29 +47,54 @@ _OPENAI_FORM = {"file", "model", "language", "prompt", "response_format", "tempe
 OPENAI_MODEL_ALIAS = "whisper-1"  # what OpenAI clients send by default; the server's ASR_MODEL answers it
 
 
-def _error_response(error: RequestError) -> JSONResponse:
-    return JSONResponse(error.to_dict(), error.status, headers=getattr(error, "headers", None))
+# OpenAI's error `type` and `code` for our statuses (its SDK reads them as e.type / e.code)
+_OPENAI_CODES = {400: "invalid_request", 401: "invalid_api_key", 404: "not_found", 408: "upload_timeout",
+                 413: "request_too_large", 415: "unsupported_file", 422: "invalid_value", 500: "internal_error",
+                 503: "server_busy", 504: "timeout"}
+
+
+def contract_error(error: RequestError) -> dict[str, Any]:
+    """The Inference Endpoints contract's error: {"error": message, "field": name}."""
+    return error.to_dict()
+
+
+def openai_error(error: RequestError) -> dict[str, Any]:
+    """OpenAI's error, what its SDK parses on /v1 routes: {"error": {"message", "type", "param", "code"}}."""
+    kind = "server_error" if error.status >= 500 else "invalid_request_error"
+    return {"error": {"message": error.message, "type": kind, "param": error.field,
+                      "code": _OPENAI_CODES.get(error.status)}}
+
+
+def _error_response(request: Request, error: RequestError) -> JSONResponse:
+    body = openai_error(error) if request.url.path.startswith("/v1/") else contract_error(error)
+    return JSONResponse(body, error.status, headers=getattr(error, "headers", None))
 
 
 async def _request_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestError)
-    return _error_response(error)
+    return _error_response(request, error)
 
 
 async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     """FastAPI's own validation (form fields) in the RequestError shape, naming the first bad field."""
     assert isinstance(error, RequestValidationError)
-    return _error_response(invalid_parameter(error.errors(), whole_path=True))
+    return _error_response(request, invalid_parameter(error.errors(), whole_path=True))
 
 
 async def _http_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, HTTPException)
-    return JSONResponse({"error": str(error.detail)}, error.status_code, headers=error.headers)
+    return _error_response(request, ServiceError(str(error.detail), error.status_code, error.headers))
+
+
+async def _client_gone(request: Request, error: Exception) -> Response:
+    """A client that left during the upload or the transcription: one line, no traceback (nobody reads the answer)."""
+    logger.info("%s %s: the client disconnected", request.method, request.url.path)
+    return Response(status_code=499)
 
 
 async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
     logger.error("unexpected error on %s %s: %r", request.method, request.url.path, error)
-    return JSONResponse({"error": "internal server error"}, 500)
+    return _error_response(request, ServiceError("internal server error", 500))
 
 
 # Documents the Bearer scheme in OpenAPI; the check itself runs in InferenceRoute, before the body is read.
@@ -125,7 +154,9 @@ async def predict(request: Request) -> JSONResponse:
 def _json(text: str | bytes, what: str, field: str | None = None) -> Any:
     try:
         return json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except RecursionError:
+        raise RequestError(f"{what} is nested too deeply", field=field) from None
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError, and integers of over 4300 digits
         raise RequestError(f"{what} is not valid JSON: {error}", field=field) from None
 
 
@@ -310,9 +341,14 @@ def create_app(pipeline: SpeechPipeline | None = None, settings: ServerSettings 
                   description="Speech to text: the Inference Endpoints contract on `POST /` and OpenAI-compatible "
                               "`/v1/audio/transcriptions` and `/v1/audio/translations`.")
     app.state.service = service
-    app.add_middleware(BodyLimit, max_bytes=service.settings.max_upload_bytes)
+    app.add_middleware(BodyLimit, max_bytes=service.settings.max_upload_bytes,
+                       min_rate=service.settings.upload_min_bytes_per_s, grace_s=service.settings.upload_grace_s)
     app.add_middleware(metrics.RequestMetrics)  # outermost: answers of the body limit are counted too
+    api_key = service.settings.api_key
+    redact_access_log(api_key.get_secret_value() if api_key else None)
     app.add_exception_handler(RequestError, _request_error)
+    app.add_exception_handler(ClientGone, _client_gone)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
@@ -345,6 +381,19 @@ def _offline_docs(app: FastAPI) -> None:
     app.add_api_route("/docs", docs, methods=["GET"], include_in_schema=False)
 
 
+def main(argv: list[str] | None = None) -> None:
+    """Start uvicorn on `server:app` with the connection deadlines of ServerSettings (http_protocol.py)."""
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    uvicorn.run("server:app", host=args.host, port=args.port, log_level=args.log_level,
+                **uvicorn_options(ServerSettings()))
+
+
 def __getattr__(name: str) -> Any:
     """`uvicorn server:app` builds the app (settings from the environment) on first access, not at import."""
     if name == "app":
@@ -352,3 +401,7 @@ def __getattr__(name: str) -> Any:
         globals()["app"] = create_app()
         return globals()["app"]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if __name__ == "__main__":
+    main()

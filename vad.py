@@ -6,6 +6,7 @@ at most 30 s, is the guard faster-whisper's batched mode and whisperX use too.
 
 from __future__ import annotations
 
+import math
 import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -14,6 +15,8 @@ import numpy as np
 import torch
 
 from audio import SAMPLE_RATE
+from errors import RequestError
+
 Window = tuple[float, float]
 
 
@@ -59,18 +62,32 @@ class SpeechDetector:
         return [(r["start"] / SAMPLE_RATE, r["end"] / SAMPLE_RATE) for r in found]
 
 
-def group_windows(regions: list[Window], max_window_s: float, duration: float) -> list[Window]:
-    """Merge consecutive speech regions into windows no longer than `max_window_s`, splitting longer ones."""
+def max_windows(max_audio_seconds: float) -> int:
+    """Windows one request may have: twice what the longest allowed audio makes at Whisper's 30 s, so no
+    request costs more encoder passes than the operator's MAX_AUDIO_SECONDS already allows (at least 64)."""
+    return max(64, 2 * math.ceil(max_audio_seconds / 30))
+
+
+def group_windows(regions: list[Window], max_window_s: float, duration: float,
+                  max_windows: int | None = None) -> list[Window]:
+    """Merge consecutive speech regions into windows no longer than `max_window_s`, splitting longer ones.
+
+    Each split is counted before it is made and the loops run by index: a tiny `max_window_s` is refused (422)
+    with more than `max_windows` windows instead of adding windows that never advance."""
     windows: list[list[float]] = []
     for start, end in regions:
         start, end = max(0.0, start, windows[-1][1] if windows else 0.0), min(duration, end)  # no audio twice
         if windows and end - windows[-1][0] <= max_window_s:
             windows[-1][1] = max(windows[-1][1], end)
             continue
-        while end - start > max_window_s:  # a region the VAD could not cut at a pause
-            windows.append([start, start + max_window_s])
-            start += max_window_s
-        if end > start:
-            windows.append([start, end])
+        ratio = (end - start) / max_window_s if end > start else 0.0
+        if max_windows is not None and len(windows) + ratio - 1e-9 > max_windows:  # inf too
+            raise RequestError(f"chunk_length_s {max_window_s:g} cuts this audio into more than {max_windows} "
+                               "windows: use longer windows", 422, "chunk_length_s")
+        pieces = max(1, math.ceil(ratio - 1e-9)) if end > start else 0
+        for i in range(pieces - 1):  # a region the VAD could not cut at a pause
+            windows.append([start + i * max_window_s, start + (i + 1) * max_window_s])
+        if pieces:
+            windows.append([start + (pieces - 1) * max_window_s, end])
     rounded = [(round(s, 3), round(e, 3)) for s, e in windows]
     return [(s, e) for s, e in rounded if e > s]  # a split's leftover under a millisecond is no window

@@ -5,7 +5,10 @@
 (a) fuzz: seeded junk requests (JSON, bodies, content types, corrupt audio) plus valid ones: counts connection
     errors (crashes), 5xx and 4xx without an "error" message; (b) load: valid short requests at a concurrency,
     p50/p95 latency and the server's RSS growth; (c) overload: a burst beyond MAX_QUEUED_REQUESTS gets 503 with
-    Retry-After; (d) SIGTERM during an in-flight request: does it still complete. Every loop is bounded.
+    Retry-After; (d) SIGTERM during an in-flight request: does it still complete. Hostile clients (issue 15), on a
+    server with an API key and MAX_AUDIO_SECONDS=120: (e) slow uploaders, idle sockets and half-sent request heads
+    while a valid request must be served; (f) a long request whose client disconnects, and one that times out: how
+    soon the worker is free; (g) the window bomb and the raw PCM bomb: statuses, time and RSS. Every loop is bounded.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def rss_kib(pid: int) -> int:
 
 
 class Server:
-    """`python -m uvicorn server:app` in a subprocess, with the tiny model and extra env vars."""
+    """`python -m server` (uvicorn with the connection deadlines) in a subprocess, with the tiny model and env vars."""
 
     def __init__(self, model: Path, log: Path, **env: str):
         self.port = free_port()
@@ -60,8 +63,8 @@ class Server:
                        "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), **env}
         self.log = log.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "server:app", "--host", "127.0.0.1", "--port", str(self.port),
-             "--log-level", "warning"], cwd=ROOT, env=environment, stdout=self.log, stderr=subprocess.STDOUT)
+            [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
+            cwd=ROOT, env=environment, stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
@@ -140,7 +143,8 @@ class Junk:
 
     def request(self) -> tuple[str, dict]:
         r = self.rng
-        kind = r.choice(["json_junk", "json_audio", "raw", "content_type", "multipart", "openai", "valid", "valid"])
+        kind = r.choice(["json_junk", "json_audio", "raw", "content_type", "multipart", "openai", "attack", "valid",
+                         "valid"])
         path = r.choice(["/", "/predict"])
         if kind == "json_junk":
             body = json.dumps(self.value()) if r.random() < 0.7 else r.choice(["{", "[1,", "nul", "\"\\ud800\"", "{}"])
@@ -169,6 +173,17 @@ class Junk:
             audio = self.valid if r.random() < 0.4 else self.audio()
             files = {"file": ("a.wav", audio, "audio/wav")} if r.random() < 0.9 else None
             return r.choice(["/v1/audio/transcriptions", "/v1/audio/translations"]), {"data": form, "files": files}
+        if kind == "attack":  # what the outside attack of issue 15 sent
+            deep = "[" * r.randint(900, 50_000)
+            body = r.choice([f'{{"inputs": "AAAA", "parameters": {deep}}}',
+                             f'{{"inputs": "AAAA", "parameters": {{"batch_size": {"9" * r.randint(4301, 9000)}}}}}',
+                             json.dumps({"inputs": base64.encodebytes(self.valid).decode(), "parameters": {
+                                 "vad": False, "prompt": r.choice(["<|endoftext|>", "<|0.00|> hi", "a <|b|> c"])}}),
+                             json.dumps({"inputs": "data:audio/wav;codecs=1;base64," + base64.encodebytes(
+                                 self.valid).decode(), "parameters": {"vad": False}}),
+                             json.dumps({"inputs": "AAAA", "parameters": {"chunk_length_s": r.choice(
+                                 [1e-300, 1e-5, 0.01, 5e-324])}})])
+            return path, {"content": body.encode(), "headers": {"Content-Type": "application/json"}}
         return path, {"json": {"inputs": base64.b64encode(self.valid).decode(),
                                "parameters": {"vad": False, "return_timestamps": r.choice(["segment", "word"])}}}
 
@@ -195,6 +210,8 @@ def fuzz(url: str, count: int, seed: int, encoded: dict[str, bytes], valid: byte
                     message = response.json().get("error")
                 except (ValueError, AttributeError):
                     message = None
+                if isinstance(message, dict):  # OpenAI's shape on /v1 routes
+                    message = message.get("message")
                 if not (isinstance(message, str) and message):
                     unexplained += 1
                     examples.append({"path": path, "status": response.status_code, "body": response.text[:300]})
@@ -283,6 +300,136 @@ def graceful_shutdown(server: Server, body: bytes, query: str) -> dict:
             "request_s": round(time.perf_counter() - started, 2)}
 
 
+# --- (e)-(i) hostile clients (issue 15) --------------------------------------------------------------------------
+
+def _held(server: Server) -> int:
+    return httpx.get(server.url + "/health", timeout=10).json()["queue"]["held"]
+
+
+def _post(server: Server, body: bytes, query: str, headers: dict, timeout: float = 600) -> tuple[int, float]:
+    started = time.perf_counter()
+    try:
+        status = httpx.post(server.url + "/" + query, content=body, headers=headers, timeout=timeout).status_code
+    except httpx.TransportError:
+        status = -1
+    return status, round(time.perf_counter() - started, 3)
+
+
+def _state(conn: socket.socket) -> str:
+    """'closed' (the server closed it), 'answered' (it sent something), or 'open'."""
+    conn.setblocking(False)
+    try:
+        data = conn.recv(65536)
+    except BlockingIOError:
+        return "open"
+    except OSError:
+        return "closed"
+    return "answered" if data else "closed"
+
+
+def _wait_free(server: Server, limit_s: float) -> float | None:
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit_s:
+        if _held(server) == 0:
+            return round(time.perf_counter() - started, 2)
+        time.sleep(0.05)
+    return None
+
+
+def slow_clients(server: Server, auth: dict, body: bytes, uploads: int, idle: int, seconds: float) -> dict:
+    """`uploads` connections send a request head and then a byte every 2 s, `idle` send nothing and `idle` send
+    half a request head; meanwhile a valid request must be served. After `seconds`, how many did the server close."""
+    headers = {"Content-Type": "audio/wav", **auth}
+    baseline = _post(server, body, "?vad=false", headers)
+    head = ("POST /?vad=false HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in auth.items()) + f"Content-Length: {len(body)}\r\n\r\n").encode()
+    host, port = "127.0.0.1", server.port
+    slow, quiet, half = [], [], []
+    for _ in range(uploads):
+        slow.append(socket.create_connection((host, port)))
+        slow[-1].sendall(head + body[:10])
+    for _ in range(idle):
+        quiet.append(socket.create_connection((host, port)))
+        half.append(socket.create_connection((host, port)))
+        half[-1].sendall(b"POST / HTTP/1.1\r\nHost: x\r\n")
+    time.sleep(1.0)
+    held = _held(server)
+    during = _post(server, body, "?vad=false", headers)
+    deadline, sent = time.monotonic() + seconds, 10
+    while time.monotonic() < deadline:
+        time.sleep(2.0)
+        sent += 1
+        for conn in slow:
+            try:
+                conn.sendall(body[sent:sent + 1])
+            except OSError:
+                pass
+    states = {name: [_state(conn) for conn in conns] for name, conns in
+              (("uploads", slow), ("idle", quiet), ("half_head", half))}
+    for conn in slow + quiet + half:
+        conn.close()
+    return {"uploads": uploads, "idle": idle, "seconds": seconds, "queue_held_meanwhile": held,
+            "valid_before": {"status": baseline[0], "s": baseline[1]},
+            "valid_meanwhile": {"status": during[0], "s": during[1]},
+            "still_open": {name: sum(state == "open" for state in found) for name, found in states.items()},
+            "ok": during[0] == 200 and held == 0
+            and all(state != "open" for found in states.values() for state in found)}
+
+
+def dropped_and_timed_out(server: Server, auth: dict, long: bytes, short: bytes, query: str, full_s: float) -> dict:
+    """A long request whose client disconnects after 1 s, then one that passes REQUEST_TIMEOUT_S: how soon is the
+    worker free again (the long one alone takes `full_s`), and how long does the next short request take."""
+    headers = {"Content-Type": "audio/wav", **auth}
+    conn = socket.create_connection(("127.0.0.1", server.port))
+    conn.sendall(f"POST /{query} HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\n".encode()
+                 + "".join(f"{k}: {v}\r\n" for k, v in auth.items()).encode()
+                 + f"Content-Length: {len(long)}\r\n\r\n".encode() + long)
+    time.sleep(1.0)
+    conn.close()
+    dropped = {"freed_after_s": _wait_free(server, 4 * full_s + 30)}
+    dropped["next_request"] = dict(zip(("status", "s"), _post(server, short, "?vad=false", headers)))
+    timed_out = dict(zip(("status", "s"), _post(server, long, query, headers)))
+    timed_out["freed_after_s"] = _wait_free(server, 4 * full_s + 30)
+    timed_out["next_request"] = dict(zip(("status", "s"), _post(server, short, "?vad=false", headers)))
+    return {"long_request_alone_s": full_s, "disconnect": dropped, "timeout": timed_out,
+            "ok": dropped["freed_after_s"] is not None and timed_out["status"] == 504
+            and timed_out["freed_after_s"] is not None and dropped["next_request"]["status"] == 200}
+
+
+def bombs(server: Server, auth: dict, wav: bytes) -> dict:
+    """The window bomb (chunk_length_s=1e-300 on each front door) and the raw PCM bomb (4.9 MB at 1 kHz, 2450 s
+    against MAX_AUDIO_SECONDS): statuses, seconds to answer, the server's RSS and peak RSS before and after."""
+    def memory() -> dict:
+        status = Path(f"/proc/{server.process.pid}/status").read_text().splitlines()
+        values = {line.split(":")[0]: int(line.split()[1]) for line in status if line.startswith(("VmRSS", "VmHWM"))}
+        return {"rss_mib": round(values["VmRSS"] / 1024, 1), "peak_mib": round(values["VmHWM"] / 1024, 1)}
+
+    out: dict = {"memory_before": memory()}
+    window = [_post(server, wav, "?chunk_length_s=1e-300&diarization=false", {"Content-Type": "audio/wav", **auth}),
+              _post(server, json.dumps({"inputs": base64.b64encode(wav).decode(),
+                                        "parameters": {"chunk_length_s": 1e-300}}).encode(), "",
+                    {"Content-Type": "application/json", **auth})]
+    started = time.perf_counter()
+    form = httpx.post(server.url + "/v1/audio/transcriptions", files={"file": ("a.wav", wav)},
+                      data={"chunk_length_s": "1e-300"}, headers=auth, timeout=120)
+    window.append((form.status_code, round(time.perf_counter() - started, 3)))
+    out["window_bomb"] = [{"status": status, "s": seconds} for status, seconds in window]
+    out["memory_after_window_bomb"] = memory()
+    pcm = [_post(server, bytes(4_900_000), "?audio_format=pcm_s16le&sampling_rate=1000&vad=false",
+                 {"Content-Type": "application/octet-stream", **auth}) for _ in range(3)]
+    out["pcm_bomb"] = [{"status": status, "s": seconds} for status, seconds in pcm]
+    out["memory_after_pcm_bomb"] = memory()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as conn:  # declares 1 TB, sends nothing
+        conn.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\nContent-Length: 1000000000000\r\n\r\n")
+        anonymous = int(conn.recv(65536).split(b" ", 2)[1])
+    out["oversized_without_key"] = anonymous
+    growth = out["memory_after_pcm_bomb"]["rss_mib"] - out["memory_before"]["rss_mib"]
+    out["rss_growth_mib"] = round(growth, 1)
+    out["ok"] = all(r["status"] == 422 for r in out["window_bomb"]) and all(
+        r["status"] == 413 for r in out["pcm_bomb"]) and growth < 100 and anonymous == 401
+    return out
+
+
 # --- main -------------------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> dict:
@@ -291,6 +438,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--load", type=int, default=200, help="valid requests of the load test (b)")
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent requests of the load test")
     parser.add_argument("--burst", type=int, default=12, help="concurrent requests of the overload test (c)")
+    parser.add_argument("--slow-uploads", type=int, default=16, help="slow uploaders of the slow-client test (e)")
+    parser.add_argument("--idle", type=int, default=50, help="idle and half-head sockets each, test (e)")
+    parser.add_argument("--slow-seconds", type=float, default=8.0, help="how long the slow uploaders keep trickling")
+    parser.add_argument("--long-windows", type=int, default=16,
+                        help="one-second windows of the long request that disconnects / times out (f), at most 64")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write the report as JSON here")
     args = parser.parse_args(argv)
@@ -308,15 +460,41 @@ def main(argv: list[str] | None = None) -> dict:
         short = encode(tone(1.0), 16000, "wav", "pcm_s16le")
         long = encode(tone(4.0), 16000, "wav", "pcm_s16le")
         slow_query = "?vad=false&chunk_length_s=2&batch_size=1"  # 2 sequential windows: a request that lasts seconds
+        window_audio = encode(tone(args.long_windows), 16000, "wav", "pcm_s16le")  # one-second windows, one a batch
+        window_query = "?vad=false&chunk_length_s=1&batch_size=1"
 
         server = Server(model, tmp_path / "server.log")
         try:
             server.wait_ready()
             report["fuzz"] = fuzz(server.url, args.fuzz, args.seed, encoded, short)
             report["load"] = load(server, args.load, args.concurrency, short)
+
+            started = time.perf_counter()
+            long_request = httpx.post(server.url + "/" + window_query, content=window_audio,
+                                      headers={"Content-Type": "audio/wav"}, timeout=900)
+            full_s = round(time.perf_counter() - started, 2)
+            assert long_request.status_code == 200, long_request.text[:300]
         finally:
             server.stop()
             report["server_log_tail"] = (tmp_path / "server.log").read_text(errors="replace")[-2000:]
+
+        # the attack's settings: a key, 120 s of audio at most, and short deadlines so every wait stays short
+        key = "sk-reliability-0123456789"
+        hostile = Server(model, tmp_path / "hostile.log", API_KEY=key, MAX_AUDIO_SECONDS="120",
+                         REQUEST_TIMEOUT_S=str(max(1.0, full_s / 3)), HEADER_TIMEOUT_S="3", UPLOAD_GRACE_S="3",
+                         MAX_CONCURRENT_REQUESTS="8", MAX_QUEUED_REQUESTS="8")
+        auth = {"Authorization": f"Bearer {key}"}
+        try:
+            hostile.wait_ready()
+            report["slow_clients"] = slow_clients(hostile, auth, short, args.slow_uploads, args.idle,
+                                                  args.slow_seconds)
+            report["cancellation"] = dropped_and_timed_out(hostile, auth, window_audio, short, window_query, full_s)
+            report["bombs"] = bombs(hostile, auth, short)
+            hostile_log = (tmp_path / "hostile.log").read_text(errors="replace")
+            report["hostile_log"] = {"lines": len(hostile_log.splitlines()), "tracebacks": hostile_log.count(
+                "Traceback"), "errors": hostile_log.count("ERROR"), "key_logged": key in hostile_log}
+        finally:
+            hostile.stop()
 
         small = Server(model, tmp_path / "small.log", MAX_CONCURRENT_REQUESTS="1", MAX_QUEUED_REQUESTS="1")
         try:
@@ -339,6 +517,30 @@ def main(argv: list[str] | None = None) -> dict:
             ("overload 503 + Retry-After", "yes" if report["overload"]["ok"] else "no"),
             ("overload statuses", report["overload"]["statuses"]),
             ("graceful shutdown completes request", "yes" if report["graceful_shutdown"]["completed"] else "no")]
+    slow, cancel, bomb = report["slow_clients"], report["cancellation"], report["bombs"]
+    rows += [(f"slow clients: {slow['uploads']} uploads, {slow['idle']} idle + {slow['idle']} half heads, queue held",
+              slow["queue_held_meanwhile"]),
+             ("valid request before / meanwhile (status, s)",
+              f"{slow['valid_before']['status']} {slow['valid_before']['s']} / "
+              f"{slow['valid_meanwhile']['status']} {slow['valid_meanwhile']['s']}"),
+             (f"still open after {slow['seconds']:g} s (uploads, idle, half heads)",
+              " / ".join(str(v) for v in slow["still_open"].values())),
+             ("long request alone (s)", cancel["long_request_alone_s"]),
+             ("disconnect after 1 s: worker free after (s), next request (s)",
+              f"{cancel['disconnect']['freed_after_s']}, {cancel['disconnect']['next_request']['s']}"),
+             ("timeout: status, worker free after (s), next request (s)",
+              f"{cancel['timeout']['status']}, {cancel['timeout']['freed_after_s']}, "
+              f"{cancel['timeout']['next_request']['s']}"),
+             ("window bomb statuses (s)", ", ".join(f"{r['status']} ({r['s']})" for r in bomb["window_bomb"])),
+             ("PCM bomb statuses (s)", ", ".join(f"{r['status']} ({r['s']})" for r in bomb["pcm_bomb"])),
+             ("RSS / peak before -> after bombs (MiB)",
+              f"{bomb['memory_before']['rss_mib']} / {bomb['memory_before']['peak_mib']} -> "
+              f"{bomb['memory_after_pcm_bomb']['rss_mib']} / {bomb['memory_after_pcm_bomb']['peak_mib']}"),
+             ("oversized Content-Length without key", bomb["oversized_without_key"]),
+             ("hostile log: tracebacks, ERROR lines, key logged",
+              f"{report['hostile_log']['tracebacks']}, {report['hostile_log']['errors']}, "
+              f"{report['hostile_log']['key_logged']}"),
+             ("hostile scenarios ok", all(report[name]["ok"] for name in ("slow_clients", "cancellation", "bombs")))]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")

@@ -3,9 +3,12 @@
     HF_TOKEN=hf_... python -m scripts.deploy_endpoint NAME --repository USER/REPO [--wait] [--dry-run]
     HF_TOKEN=hf_... python -m scripts.deploy_endpoint NAME --pause | --resume [--wait] | --delete --yes | --status
     HF_TOKEN=hf_... python -m scripts.deploy_endpoint NAME --wait [--timeout 1800]
+    HF_TOKEN=hf_... python -m scripts.deploy_endpoint NAME --repository USER/REPO --custom-image REGISTRY/IMAGE:TAG
 
 The endpoint runs `handler.py` from the model repository (task "custom", framework "pytorch") on a GPU, with
-ASR_MODEL, ASSISTANT_MODEL and DIARIZATION_MODEL as environment variables. HF_TOKEN is read from the caller's
+ASR_MODEL, ASSISTANT_MODEL and DIARIZATION_MODEL as environment variables. With --custom-image it runs that
+container instead (this repo's Dockerfile: server.py on port 8000, readiness at /health), not Hugging Face's
+toolkit; the repository is still mounted in it, as the API requires one. HF_TOKEN is read from the caller's
 environment only (there is no command-line option for it): it authenticates the API calls and is handed to the
 endpoint as a secret, so gated models such as pyannote load. By default the endpoint scales to zero when idle
 (--min-replica 0, --scale-to-zero-timeout minutes). --dry-run prints the exact keyword arguments of
@@ -23,6 +26,8 @@ from typing import Any
 
 TOKEN_ENV = "HF_TOKEN"
 _TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{8,}")
+CONTAINER_PORT = 8000  # the Dockerfile's EXPOSE and uvicorn --port
+HEALTH_ROUTE = "/health"  # server.py: 503 while the models load, 200 once they serve
 DEFAULT_ENV = {
     "ASR_MODEL": "openai/whisper-large-v3",
     "ASSISTANT_MODEL": "distil-whisper/distil-large-v3",
@@ -86,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ASSISTANT_MODEL on the endpoint; '' disables speculative decoding")
     create.add_argument("--diarization-model", default=DEFAULT_ENV["DIARIZATION_MODEL"],
                         help="DIARIZATION_MODEL on the endpoint; '' disables diarization")
+    create.add_argument("--custom-image", metavar="URL",
+                        help="deploy this container (built from the Dockerfile) instead of the handler toolkit")
+    create.add_argument("--port", type=int, default=CONTAINER_PORT, help="port the custom container listens on")
+    create.add_argument("--health-route", default=HEALTH_ROUTE,
+                        help="route answering 200 once the custom container serves")
     create.add_argument("--env", type=_env_pair, action="append", default=[], metavar="KEY=VALUE",
                         help="more environment variables (DTYPE, MAX_AUDIO_SECONDS, ...); repeatable")
     life = parser.add_argument_group("lifecycle of an existing endpoint")
@@ -115,6 +125,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("need 0 <= --min-replica <= --max-replica and --max-replica >= 1")
     if args.timeout <= 0:
         parser.error("--timeout must be positive")
+    if not 0 < args.port < 65536 or not args.health_route.startswith("/"):
+        parser.error("--port must be 1-65535 and --health-route a path starting with '/'")
     return args
 
 
@@ -133,6 +145,8 @@ def create_kwargs(args: argparse.Namespace, token: str | None) -> dict[str, Any]
         "scale_to_zero_timeout": args.scale_to_zero_timeout if args.min_replica == 0 else None,
         "env": env, "secrets": {TOKEN_ENV: token} if token else None, "token": token,
     }
+    if args.custom_image:  # a flat dict: huggingface_hub sends it as the API's {"custom": {...}} image
+        kwargs["custom_image"] = {"url": args.custom_image, "port": args.port, "healthRoute": args.health_route}
     return kwargs
 
 

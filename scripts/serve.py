@@ -33,9 +33,13 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error("--workers must be at least 1")
     import uvicorn
 
-    # the factory builds the app in each worker, so each loads its own models after start-up
+    from http_protocol import uvicorn_options
+    from server import ServerSettings
+
+    # the factory builds the app in each worker, so each loads its own models after start-up; the guarded protocol
+    # brings ServerSettings' connection deadlines (python -m server's)
     uvicorn.run("server:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_level=args.log_level)
+                log_level=args.log_level, **uvicorn_options(ServerSettings()))
     return 0
 
 

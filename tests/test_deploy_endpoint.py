@@ -2,10 +2,17 @@
 
 import inspect
 import json
+import os
+import socket
+import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 
 import huggingface_hub
 import pytest
+from conftest import ROOT
 
 from scripts import deploy_endpoint
 
@@ -231,3 +238,96 @@ def test_any_token_pasted_on_the_command_line_is_masked_in_errors(capsys):
         deploy_endpoint.parse_args(["asr", "--repository", "r", "--token", "hf_PastedByMistake42"])
     err = capsys.readouterr().err
     assert "hf_PastedByMistake42" not in err and "read from the environment only" in err
+
+
+# --- the custom container: scripts/deploy_endpoint.py --custom-image and the Dockerfile ---------------------------
+
+IMAGE = "ghcr.io/me/whisper-endpoint:1"
+
+
+def test_custom_image_dry_run_names_the_container_port_and_health_route(capsys):
+    code, out, _ = run(capsys, ["asr-test", "--repository", "me/whisper-endpoint", "--custom-image", IMAGE,
+                                "--dry-run"])
+    assert code == 0
+    kwargs = json.loads(out)["kwargs"]
+    inspect.signature(huggingface_hub.HfApi.create_inference_endpoint).bind(None, **kwargs)
+    assert kwargs["custom_image"] == {"url": IMAGE, "port": 8000, "healthRoute": "/health"}
+    assert kwargs["env"]["ASR_MODEL"] == "openai/whisper-large-v3" and kwargs["secrets"] == {"HF_TOKEN": "hf_***"}
+
+
+def test_custom_image_becomes_the_apis_custom_container_payload(monkeypatch):
+    sent = {}
+
+    class Session:
+        def post(self, url, headers=None, json=None, **kwargs):
+            sent.update(json=json)
+            raise RuntimeError("not sent")
+
+    monkeypatch.setattr(huggingface_hub.hf_api, "get_session", lambda: Session())
+    monkeypatch.setattr(huggingface_hub, "create_inference_endpoint", huggingface_hub.HfApi().create_inference_endpoint)
+    assert deploy_endpoint.main(["asr-test", "--repository", "me/whisper-endpoint", "--namespace", "me",
+                                 "--custom-image", IMAGE, "--port", "8080"]) == 1
+    assert sent["json"]["model"]["image"] == {"custom": {"url": IMAGE, "port": 8080, "healthRoute": "/health"}}
+    assert sent["json"]["model"]["secrets"] == {"HF_TOKEN": TOKEN}
+
+
+@pytest.mark.parametrize("argv", [["--port", "0"], ["--port", "70000"], ["--health-route", "health"]])
+def test_custom_image_bad_port_or_route_is_refused(capsys, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        deploy_endpoint.parse_args(["asr", "--repository", "r", "--custom-image", IMAGE, *argv])
+    assert exit_info.value.code == 2 and "--port" in capsys.readouterr().err
+
+
+def _dockerfile() -> dict[str, list[str]]:
+    instructions: dict[str, list[str]] = {}
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            instructions.setdefault(keyword, []).append(rest.strip())
+    return instructions
+
+
+def test_dockerfile_serves_the_server_where_deploy_endpoint_looks():
+    """The image itself is not built here (no Docker engine): its port, command and health route are checked
+    against the deploy script and the server, and the rest runs in CI as the same commands (bash setup.sh)."""
+    import server
+
+    docker = _dockerfile()
+    command = json.loads(docker["CMD"][0])
+    assert docker["EXPOSE"] == [str(deploy_endpoint.CONTAINER_PORT)]
+    assert command[command.index("--port") + 1] == str(deploy_endpoint.CONTAINER_PORT)
+    assert command[:4] == [".venv/bin/python", "-m", "uvicorn", "server:app"] and "0.0.0.0" in command
+    assert docker["RUN"] == ["bash setup.sh"] and docker["FROM"][0].startswith("python:3.11")
+    assert any(getattr(route, "path", None) == deploy_endpoint.HEALTH_ROUTE and "GET" in route.methods
+               for route in server.create_app().routes)  # what `server:app` builds, without caching it
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", "models", ".git"} <= set(ignored)  # the image builds its own venv and models
+
+
+@pytest.mark.e2e
+def test_dockerfile_command_serves_health_in_the_local_venv():
+    """The Dockerfile's CMD, on 127.0.0.1 and a free port, in the venv setup.sh made: /health goes 503 -> 200."""
+    command = json.loads(_dockerfile()["CMD"][0])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command[command.index("0.0.0.0")] = "127.0.0.1"
+    command[command.index("--port") + 1] = str(port)
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("ASR_MODEL", "ASSISTANT_MODEL", "DIARIZATION_MODEL", "API_KEY")}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    statuses = []
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and 200 not in statuses:
+            try:
+                statuses.append(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).status)
+            except urllib.error.HTTPError as error:
+                statuses.append(error.code)
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            time.sleep(0.2)
+    finally:
+        process.terminate()
+        process.wait(20)
+    assert statuses and statuses[-1] == 200 and set(statuses) <= {200, 503}, statuses

@@ -154,7 +154,9 @@ def check_response(response) -> None:
     assert response.status_code < 500, (response.status_code, response.text[:300])
     if response.status_code >= 400:
         body = response.json()
-        assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"], body
+        error = body.get("error") if isinstance(body, dict) else None
+        message = error.get("message") if isinstance(error, dict) else error  # OpenAI's shape on /v1 routes
+        assert isinstance(message, str) and message, body
 
 
 @st.composite

@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_reliability_script_reports_no_crash_and_no_5xx(tmp_path):
     out = tmp_path / "report.json"
     run = subprocess.run([sys.executable, "-m", "benchmarks.reliability", "--fuzz", "30", "--load", "8",
-                          "--concurrency", "4", "--burst", "4", "--seed", "1", "--out", str(out)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=240)
+                          "--concurrency", "4", "--burst", "4", "--seed", "1", "--slow-uploads", "4", "--idle", "4",
+                          "--slow-seconds", "4", "--long-windows", "6", "--out", str(out)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
     fuzz, load = report["fuzz"], report["load"]
@@ -27,3 +28,10 @@ def test_reliability_script_reports_no_crash_and_no_5xx(tmp_path):
     assert report["overload"]["503"] >= 1 and report["overload"]["ok"], report["overload"]
     assert report["graceful_shutdown"]["completed"], report["graceful_shutdown"]
     assert "RSS growth %" in run.stdout and "graceful shutdown" in run.stdout
+    # issue 15's hostile clients: each scenario ran and held
+    slow, cancel, bombs = report["slow_clients"], report["cancellation"], report["bombs"]
+    assert slow["ok"] and slow["valid_meanwhile"]["status"] == 200 and slow["queue_held_meanwhile"] == 0, slow
+    assert cancel["ok"] and cancel["timeout"]["status"] == 504, cancel
+    assert [r["status"] for r in bombs["window_bomb"]] == [422] * 3 and bombs["pcm_bomb"][0]["status"] == 413, bombs
+    assert bombs["ok"] and bombs["oversized_without_key"] == 401, bombs
+    assert report["hostile_log"]["tracebacks"] == 0 and not report["hostile_log"]["key_logged"]

@@ -153,7 +153,7 @@ def test_too_long_audio_is_413(client, tiny, wav, monkeypatch):
     response = client.post("/", json={"inputs": b64(wav)})
     assert response.status_code == 413 and "too long" in response.json()["error"]
     response = openai(client, wav)
-    assert response.status_code == 413 and response.json()["field"] == "file"
+    assert response.status_code == 413 and response.json()["error"]["param"] == "file"
 
 
 # --- OpenAI-compatible routes ------------------------------------------------------------------------------------
@@ -217,7 +217,7 @@ def test_openai_translation_runs_the_translate_task(client, tiny, wav):
 def test_openai_extra_inference_fields_apply(client, wav):
     assert openai(client, wav, batch_size="2", num_beams="1", temperature="0").status_code == 200
     response = openai(client, wav, batch_size="0")
-    assert response.status_code == 422 and response.json()["field"] == "batch_size"
+    assert response.status_code == 422 and response.json()["error"]["param"] == "batch_size"
 
 
 @pytest.mark.parametrize("fields, status, field", [
@@ -231,17 +231,18 @@ def test_openai_extra_inference_fields_apply(client, wav):
 def test_openai_bad_fields_name_the_field(client, wav, fields, status, field):
     response = openai(client, wav, **fields)
     assert response.status_code == status, response.text
-    assert response.json()["field"] == field
+    assert response.json()["error"]["param"] == field  # OpenAI's error shape on /v1 routes
 
 
 def test_openai_missing_or_bad_file(client, wav):
     missing = client.post("/v1/audio/transcriptions", data={"model": "whisper-1"})
-    assert missing.status_code == 422 and missing.json() == {"error": "invalid parameter file: Field required",
-                                                             "field": "file"}
+    assert missing.status_code == 422 and missing.json() == {"error": {
+        "message": "invalid parameter file: Field required", "type": "invalid_request_error", "param": "file",
+        "code": "invalid_value"}}
     bad = client.post("/v1/audio/transcriptions", files={"file": ("a.mp3", b"not audio")})
-    assert bad.status_code == 415 and bad.json()["field"] == "file"
+    assert bad.status_code == 415 and bad.json()["error"]["param"] == "file"
     empty = client.post("/v1/audio/transcriptions", files={"file": ("a.mp3", b"")})
-    assert empty.status_code in (400, 422) and empty.json()["field"] == "file"
+    assert empty.status_code in (400, 422) and empty.json()["error"]["param"] == "file"
 
 
 def test_diarized_formats_carry_speakers(tiny, wav):
@@ -263,7 +264,7 @@ def test_diarized_formats_carry_speakers(tiny, wav):
         subtitles = list(srt.parse(openai(client, wav, response_format="srt").text))
         assert all(s.content.startswith("[SPEAKER_0") for s in subtitles)
         turned_off = openai(client, wav, response_format="diarized_json", diarization="false")
-        assert turned_off.status_code == 400 and turned_off.json()["field"] == "response_format"
+        assert turned_off.status_code == 400 and turned_off.json()["error"]["param"] == "response_format"
 
 
 # --- access, limits, failures ------------------------------------------------------------------------------------
