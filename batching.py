@@ -19,7 +19,7 @@ from errors import Cancelled
 Forward = Callable[[list[Any], int, dict[str, Any], Callable[[], bool]], list[Any]]
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: queue.remove() must never compare inputs (numpy arrays raise)
 class _Job:
     key: Hashable
     inputs: list[Any]
@@ -99,7 +99,8 @@ class WindowBatcher:
             first = self._queue[0]
             room = max(1, min(first.batch_size, self._max_windows))
             taken: list[tuple[_Job, int, int]] = []
-            for job in [job for job in self._queue if job.key == first.key]:
+            # a job's batch_size is its own (a client's memory bound): only equal ones share a pass
+            for job in [job for job in self._queue if (job.key, job.batch_size) == (first.key, first.batch_size)]:
                 count = min(len(job.inputs) - job.sent, room)
                 if count <= 0:
                     break

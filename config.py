@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -81,9 +81,25 @@ class InferenceConfig(BaseModel):
         "text that comes before the audio (names, terms, spelling, style): every window is decoded as its "
         "continuation; as in OpenAI's API only the last 223 tokens count"))
     return_timestamps: Literal["segment", "word"] = Field("segment", description="word adds per-word times")
+    word_timing: Literal["auto", "whisper", "energy", "vad", "energy+vad"] = Field("auto", description=(
+        "how word boundaries are placed: whisper (cross-attention DTW alone), energy, vad or energy+vad (moved "
+        "into the pauses and onto the speech edges they find); auto: the measured best, energy+vad"))
     vad: bool = Field(True, description="cut non-speech out with a voice-activity detector before Whisper")
     diarization: bool = Field(True, description="attribute speakers when a diarization model is loaded")
+    return_turns: bool = Field(False, description="add the diarizer's own speaker turns (`turns`) to the response")
     num_beams: int = Field(1, ge=1, le=10, description="1 is greedy decoding")
+    temperature: Annotated[float, Field(ge=0, le=1)] | Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(
+        min_length=1, max_length=10)] = Field(0.0, description="the first decoding temperature (0: greedy), as in OpenAI's API; a list is the "
+                                     "whole fallback schedule, e.g. [0, 0.2, 0.4, 0.6, 0.8, 1]")
+    temperature_increment_on_fallback: float = Field(
+        0.2, ge=0, le=1, description="the next temperatures after a number `temperature`, up to 1; 0: no fallback")
+    compression_ratio_threshold: float | None = Field(
+        2.4, gt=1, le=100, description="a window whose text compresses (zlib) by more is decoded again, hotter")
+    logprob_threshold: float | None = Field(
+        -1.0, ge=-100, le=0, description="a window whose average token log-probability is lower is decoded again")
+    no_speech_threshold: float | None = Field(
+        0.6, ge=0, le=1, description="a window whose no-speech probability is higher, with its log-probability "
+                                     "under logprob_threshold, gives no text")
     num_speakers: int | None = Field(None, ge=1, le=100)
     min_speakers: int | None = Field(None, ge=1, le=100)
     max_speakers: int | None = Field(None, ge=1, le=100)
@@ -122,6 +138,16 @@ class InferenceConfig(BaseModel):
         if self.assisted is True and self.num_beams != 1:
             raise ValueError("assisted decoding is greedy: num_beams must be 1")
         return self
+
+    @property
+    def temperatures(self) -> tuple[float, ...]:
+        """The fallback schedule: the first temperature, then hotter ones while a window fails the guard."""
+        if isinstance(self.temperature, list):
+            return tuple(self.temperature)
+        step = self.temperature_increment_on_fallback
+        if not step:
+            return (self.temperature,)
+        return tuple(round(self.temperature + i * step, 6) for i in range(int((1.0 - self.temperature) / step + 1e-6) + 1))
 
     @property
     def effective_batch_size(self) -> int:

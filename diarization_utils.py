@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -13,21 +14,32 @@ import torch
 
 from audio import SAMPLE_RATE
 from errors import Cancelled, redact
-from transcript import Segment, Word
+from transcript import Segment, Turn, Word
 from vad import one_thread
 
 if TYPE_CHECKING:
     from config import InferenceConfig
 
 logger = logging.getLogger(__name__)
-Turn = tuple[float, float, str]  # start, end, speaker label
+
+
+@dataclass
+class Diarization:
+    """What the diarizer found: its turns (overlapping where speakers overlap) and an exclusive version (one speaker
+    per instant, pyannote 4's `exclusive_speaker_diarization`, the same turns where the pipeline gives none)."""
+
+    turns: list[Turn]
+    exclusive: list[Turn]
 
 
 def load_diarizer(name: str, token: str | None, device: torch.device) -> Any:
     """Load a pyannote pipeline from a hub id or a local directory / config.yaml; fail fast with advice."""
     import offline_diarizer  # noqa: F401  (turns pyannote telemetry off; offline checkpoints name its classes)
+    from huggingface_hub.errors import GatedRepoError
     from pyannote.audio import Pipeline
 
+    gated = (f"could not load DIARIZATION_MODEL {name!r}: accept its conditions on the hub and set HF_TOKEN to a "
+             "token that can read it, or point it at a local pipeline directory")
     # pyannote 4 names it `token`; 3.x (the endpoint's, which keeps the image's torch) `use_auth_token`
     token_3x = "token" not in inspect.signature(Pipeline.from_pretrained).parameters
     try:
@@ -35,11 +47,12 @@ def load_diarizer(name: str, token: str | None, device: torch.device) -> Any:
             pipeline = _local_pipeline_3x(Path(name) / "config.yaml")
         else:
             pipeline = Pipeline.from_pretrained(name, **{"use_auth_token" if token_3x else "token": token})
+    except GatedRepoError as error:  # pyannote 4 raises it for a gated model without (or with a refused) token
+        raise RuntimeError(f"{gated} ({redact(str(error), token)})") from None
     except Exception as error:
         raise RuntimeError(f"could not load DIARIZATION_MODEL {name!r}: {redact(str(error), token)}") from None
-    if pipeline is None:  # pyannote returns None for gated or missing models instead of raising
-        raise RuntimeError(f"could not load DIARIZATION_MODEL {name!r}: accept its conditions on the hub and set "
-                           "HF_TOKEN to a token that can read it, or point it at a local pipeline directory")
+    if pipeline is None:  # older pyannote returns None for gated or missing models instead of raising
+        raise RuntimeError(gated)
     return pipeline.to(device)
 
 
@@ -51,7 +64,7 @@ def _local_pipeline_3x(config_yaml: Path) -> Any:
 
     config = yaml.safe_load(config_yaml.read_text())
     klass = get_class_by_name(config["pipeline"]["name"], default_module_name="pyannote.pipeline.blocks")
-    accepted = inspect.signature(klass.__init__).parameters
+    accepted = _init_parameters(klass)
     params = {}
     for key, value in config["pipeline"].get("params", {}).items():
         if isinstance(value, str) and value.startswith("$model/"):
@@ -64,8 +77,19 @@ def _local_pipeline_3x(config_yaml: Path) -> Any:
     return pipeline
 
 
+def _init_parameters(klass: type) -> set[str]:
+    """The keyword arguments a class's constructor takes, through subclasses that pass `**kwargs` on."""
+    names: set[str] = set()
+    for cls in klass.__mro__:
+        parameters = inspect.signature(cls.__init__).parameters
+        names |= {name for name, p in parameters.items() if p.kind is not p.VAR_KEYWORD}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            break
+    return names
+
+
 def diarize(pipeline: Any, audio: np.ndarray, config: InferenceConfig,
-            cancel: threading.Event | None = None) -> list[Turn]:
+            cancel: threading.Event | None = None) -> Diarization:
     """Speaker turns (seconds of the original audio) for 16 kHz mono audio the handler already decoded;
     raises `Cancelled` at pyannote's next progress step once `cancel` is set."""
 
@@ -78,10 +102,14 @@ def diarize(pipeline: Any, audio: np.ndarray, config: InferenceConfig,
     with one_thread():  # many small ops: on 2 threads beside the ASR thread's, 2.9 s became 8-10 s for 24 s of audio
         output = pipeline({"waveform": torch.from_numpy(audio)[None, :], "sample_rate": SAMPLE_RATE}, hook=hook,
                           **hints)
-    annotation = getattr(output, "speaker_diarization", output)  # pyannote 4 wraps the Annotation
-    turns = [(round(seg.start, 3), round(seg.end, 3), str(label))
-             for seg, _, label in annotation.itertracks(yield_label=True)]
-    return sorted(turns)
+    turns = _turns(getattr(output, "speaker_diarization", output))  # pyannote 4 wraps the Annotation
+    exclusive = getattr(output, "exclusive_speaker_diarization", None)  # pyannote 3 has none
+    return Diarization(turns, turns if exclusive is None else _turns(exclusive))
+
+
+def _turns(annotation: Any) -> list[Turn]:
+    return sorted((round(seg.start, 3), round(seg.end, 3), str(label))
+                  for seg, _, label in annotation.itertracks(yield_label=True))
 
 
 def assign_speakers(turns: list[Turn], spans: Iterable[tuple[float, float]]) -> list[str | None]:

@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from transcript import Segment, Transcript, Word
 
-ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json", "diarized_json"]
+ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json", "diarized_json", "rttm"]
+DIARIZED_FORMATS = ("diarized_json", "rttm")  # formats that need a diarizer
 FORMATS: tuple[str, ...] = get_args(ResponseFormat)
 MIN_CUE_MS = 100  # a zero-length cue is invisible and some players drop it
 
@@ -56,7 +57,7 @@ class Cue:
 
 
 def render(transcript: Transcript, response_format: str, task: str = "transcribe", words: bool = False,
-           subtitles: SubtitleOptions | None = None) -> str | dict[str, Any]:
+           subtitles: SubtitleOptions | None = None, uri: str = "audio") -> str | dict[str, Any]:
     """The OpenAI `response_format` of a transcript: a dict for the JSON formats, text for the others."""
     if response_format == "json":
         return {"text": transcript.text}
@@ -70,6 +71,8 @@ def render(transcript: Transcript, response_format: str, task: str = "transcribe
         return to_verbose_json(transcript, task, words)
     if response_format == "diarized_json":
         return to_diarized_json(transcript, task)
+    if response_format == "rttm":
+        return to_rttm(transcript, uri)
     raise ValueError(f"unknown response format {response_format!r}: use one of {', '.join(FORMATS)}")
 
 
@@ -94,14 +97,6 @@ def to_tsv(transcript: Transcript) -> str:
     rows = [f"{round(s.start * 1000)}\t{round(s.end * 1000)}\t{' '.join(s.text.split())}"
             for s in transcript.segments if s.text.strip()]
     return "\n".join(["start\tend\ttext", *rows]) + "\n"
-
-
-def to_rttm(transcript: Transcript, uri: str = "audio") -> str:
-    """The speaker turns as RTTM lines (what pyannote and the diarization scorers read); empty when not diarized."""
-    uri = "_".join(uri.split()) or "audio"  # RTTM fields are space-separated
-    return "".join(f"SPEAKER {uri} 1 {turn.start:.3f} {max(0.0, turn.end - turn.start):.3f} <NA> <NA> "
-                   f"{'_'.join(str(turn.speaker).split())} <NA> <NA>\n"
-                   for turn in transcript.speakers if turn.speaker is not None)
 
 
 def speaker_count(transcript: Transcript) -> int:
@@ -231,9 +226,11 @@ def to_verbose_json(transcript: Transcript, task: str = "transcribe", words: boo
     diarized = bool(transcript.speakers) or any(speakers)
     segments = []
     for i, (segment, speaker) in enumerate(zip(transcript.segments, speakers)):
-        # decoding is greedy, i.e. temperature 0; the pipeline reports no log-probabilities to fill the rest
         item: dict[str, Any] = {"id": i, "start": segment.start, "end": segment.end, "text": segment.text,
-                                "temperature": 0.0}
+                                "temperature": segment.temperature}
+        for name in ("avg_logprob", "compression_ratio", "no_speech_prob"):  # of the segment's window, when measured
+            if getattr(segment, name) is not None:
+                item[name] = round(getattr(segment, name), 4)
         if diarized:
             item["speaker"] = speaker
         segments.append(item)
@@ -255,6 +252,14 @@ def to_diarized_json(transcript: Transcript, task: str = "transcribe") -> dict[s
     segments = [{"type": "transcript.text.segment", "id": f"seg_{i}", "start": turn.start, "end": turn.end,
                  "text": turn.text, "speaker": turn.speaker} for i, turn in enumerate(transcript.speakers)]
     return {"task": task, "duration": round(transcript.duration, 3), "text": transcript.text, "segments": segments}
+
+
+def to_rttm(transcript: Transcript, uri: str = "audio") -> str:
+    """The diarizer's turns as RTTM (NIST's Rich Transcription Time Marked, what diarization tools exchange):
+    one `SPEAKER uri 1 start duration <NA> <NA> speaker <NA> <NA>` line per turn; `uri` loses its whitespace."""
+    uri = "_".join(uri.split()) or "audio"
+    return "".join(f"SPEAKER {uri} 1 {start:.3f} {end - start:.3f} <NA> <NA> {speaker} <NA> <NA>\n"
+                   for start, end, speaker in transcript.turns)
 
 
 def language_name(code: str | None) -> str | None:

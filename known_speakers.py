@@ -8,7 +8,7 @@ matched one to one by cosine similarity (the best total, none below `MIN_SIMILAR
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -96,3 +96,11 @@ def name_speakers(diarizer: Any, audio: np.ndarray, turns: list[Turn], known: li
     rows, cols = linear_sum_assignment(-similarity)
     names = {speakers[r]: known[c].name for r, c in zip(rows, cols) if similarity[r, c] >= MIN_SIMILARITY}
     return [(start, end, names.get(speaker, speaker)) for start, end, speaker in turns]
+
+
+def named(diarizer: Any, audio: np.ndarray, found: Any, known: list[Reference]) -> Any:
+    """A `diarization_utils.Diarization` with the matched speakers renamed in its turns and exclusive turns."""
+    turns = name_speakers(diarizer, audio, found.turns, known)
+    names = {old[2]: new[2] for old, new in zip(found.turns, turns)}
+    exclusive = [(start, end, names.get(speaker, speaker)) for start, end, speaker in found.exclusive]
+    return replace(found, turns=turns, exclusive=exclusive)

@@ -14,6 +14,7 @@ import importlib.util
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")  # pyannote 4 sends telemetry unless told not to
 warnings.filterwarnings("ignore", message=r"[\s\S]*torchcodec")  # we hand pyannote waveforms, never files
@@ -24,6 +25,10 @@ import torch.nn.functional as F  # noqa: E402
 import torchaudio  # noqa: E402
 from pyannote.audio import Model  # noqa: E402
 from pyannote.audio.core.task import Problem, Resolution, Specifications  # noqa: E402
+from pyannote.audio.pipelines import SpeakerDiarization  # noqa: E402
+from pyannote.audio.utils.signal import binarize  # noqa: E402
+from pyannote.core import SlidingWindow, SlidingWindowFeature  # noqa: E402
+from pyannote.pipeline.parameter import ParamDict, Uniform  # noqa: E402
 from torch import nn  # noqa: E402
 
 from audio import SAMPLE_RATE  # noqa: E402
@@ -56,6 +61,21 @@ class SileroSegmentation(Model):
 
     def receptive_field_center(self, frame: int = 0) -> int:
         return frame * _VAD_FRAME + _VAD_FRAME // 2
+
+    @torch.inference_mode()
+    def speech_probabilities(self, samples: torch.Tensor, streams: int = 32, warm_up: int = 16) -> np.ndarray:
+        """Speech probability of every 32 ms frame of a whole recording (1-d samples), the VAD's state carried
+        from frame to frame: the file is cut into `streams` parts run side by side as one batch, each part
+        starting `warm_up` frames early so that no frame is scored by a VAD that has just been reset."""
+        frames = max(1, -(-len(samples) // _VAD_FRAME))
+        per_stream = -(-frames // streams)
+        padded = F.pad(samples, (warm_up * _VAD_FRAME, streams * per_stream * _VAD_FRAME - len(samples)))
+        framed = padded.reshape(-1, _VAD_FRAME)  # warm_up + streams * per_stream frames
+        index = torch.arange(streams)[:, None] * per_stream + torch.arange(warm_up + per_stream)[None, :]
+        batch = framed[index]  # (streams, warm_up + per_stream, 512): each stream with its warm-up frames
+        self._vad.reset_states()
+        probs = torch.stack([self._vad(batch[:, i], SAMPLE_RATE)[:, 0] for i in range(batch.shape[1])], dim=1)
+        return probs[:, warm_up:].reshape(-1)[:frames].numpy()
 
     @torch.inference_mode()
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
@@ -122,6 +142,35 @@ class ResemblyzerEmbedding(Model):
         return torch.stack([F.normalize(e.mean(0), dim=0) if len(e) else nan for e in embedded])
 
 
+class OfflineSpeakerDiarization(SpeakerDiarization):
+    """pyannote's `SpeakerDiarization` for the Silero segmentation: the VAD runs once over the whole recording
+    with its state kept and hysteresis thresholds (`speech.onset` / `speech.offset` hyper-parameters), and the
+    chunks are cut from that; run per 2 s chunk from a reset state it missed a quarter of AMI's speech."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        if isinstance(self._segmentation.model, SileroSegmentation):
+            self.speech = ParamDict(onset=Uniform(0.0, 1.0), offset=Uniform(0.0, 1.0))
+
+    def get_segmentations(self, file, hook=None) -> SlidingWindowFeature:
+        model = self._segmentation.model
+        if not isinstance(model, SileroSegmentation):
+            return super().get_segmentations(file, hook=hook)
+        samples = self._audio(file)[0][0].float()  # mono, 16 kHz (the embedding's rate, Silero's too)
+        probs = model.speech_probabilities(samples)
+        frame = _VAD_FRAME / SAMPLE_RATE
+        speech = binarize(probs[:, None], onset=self.speech.onset, offset=self.speech.offset, initial_state=False)
+        duration, step = self._segmentation.duration, self._segmentation.step
+        seconds = len(samples) / SAMPLE_RATE
+        chunks = max(1, int(np.ceil(max(0.0, seconds - duration) / step)) + 1)
+        per_chunk = model.num_frames(int(duration * SAMPLE_RATE))
+        starts = np.rint(np.arange(chunks) * step / frame).astype(int)
+        index = starts[:, None] + np.arange(per_chunk)[None, :]
+        padded = np.concatenate([speech[:, 0], np.zeros(max(0, index.max() + 1 - len(speech)))])
+        data = padded[index][:, :, None].astype(np.float32)
+        return SlidingWindowFeature(data, SlidingWindow(start=0.0, duration=duration, step=step))
+
+
 def resemblyzer_weights() -> Path:
     spec = importlib.util.find_spec("resemblyzer")  # locate the wheel without importing it
     if spec is None or not spec.submodule_search_locations:
@@ -154,8 +203,9 @@ def write_placeholder_plda(directory: Path, dimension: int, lda_dimension: int =
 
 def write_pipeline(out: Path, segmentation: Model, embedding: Model, clustering: dict,
                    min_duration_off: float = 0.0, embedding_batch_size: int = 32,
-                   segmentation_step: float = 0.1) -> Path:
-    """Save both models and a speaker-diarization-3.1-style `config.yaml` that names them by local path."""
+                   segmentation_step: float = 0.1, speech: dict | None = None) -> Path:
+    """Save both models and a speaker-diarization-3.1-style `config.yaml` that names them by local path;
+    with `speech` (VAD thresholds), the pipeline is `OfflineSpeakerDiarization`."""
     import yaml
 
     save_checkpoint(segmentation, out / "segmentation" / "pytorch_model.bin")
@@ -163,7 +213,8 @@ def write_pipeline(out: Path, segmentation: Model, embedding: Model, clustering:
     write_placeholder_plda(out / "plda", embedding.dimension)
     config = {
         "version": "3.1.0",
-        "pipeline": {"name": "pyannote.audio.pipelines.SpeakerDiarization", "params": {
+        "pipeline": {"name": "offline_diarizer.OfflineSpeakerDiarization" if speech else
+                     "pyannote.audio.pipelines.SpeakerDiarization", "params": {
             "clustering": "AgglomerativeClustering",
             "segmentation": "$model/segmentation",
             "embedding": "$model/embedding",
@@ -173,17 +224,20 @@ def write_pipeline(out: Path, segmentation: Model, embedding: Model, clustering:
             "segmentation_batch_size": 32,
             "segmentation_step": segmentation_step,
         }},
-        "params": {"clustering": clustering, "segmentation": {"min_duration_off": min_duration_off}},
+        "params": {"clustering": clustering, "segmentation": {"min_duration_off": min_duration_off},
+                   **({"speech": speech} if speech else {})},
     }
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return out
 
 
 def build_offline_pipeline(out: Path) -> Path:
-    """The offline default: Silero segmentation + Resemblyzer embeddings in pyannote's SpeakerDiarization.
+    """The offline default: Silero segmentation + Resemblyzer embeddings in `OfflineSpeakerDiarization`.
 
     2 s chunks every 0.5 s (pyannote's default step, 0.2 s, embeds each second 10 times: 2.5x the time for no gain);
-    threshold and cluster size chosen on 24 s, 2 min and 10 min of samples/two_speakers.ogg (docs/benchmarks.md)."""
+    VAD thresholds, gap filling and clustering threshold chosen on the AMI tuning clips and the phone call; the
+    smallest cluster (pyannote caps it at a tenth of the chunks) on 2 and 10 minutes of samples/two_speakers.ogg,
+    where 12 split each voice into several speakers at this threshold (docs/diarization.md)."""
     return write_pipeline(out, SileroSegmentation(duration=2.0), ResemblyzerEmbedding(),
-                          clustering={"method": "centroid", "min_cluster_size": 12, "threshold": 0.6},
-                          min_duration_off=0.3, segmentation_step=0.25)
+                          clustering={"method": "centroid", "min_cluster_size": 90, "threshold": 0.5},
+                          min_duration_off=1.0, segmentation_step=0.25, speech={"onset": 0.2, "offset": 0.1})

@@ -15,6 +15,7 @@ import logging
 import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, AsyncIterator, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
@@ -33,13 +34,14 @@ import metrics
 from admission import BodyLimit, ClientGone, InferenceRoute, ServerSettings, ServiceError, Service, service_of
 from config import InferenceConfig, ModelSettings
 from errors import RequestError, invalid_parameter
-from formats import ResponseFormat, SubtitleOptions, render
+from formats import DIARIZED_FORMATS, ResponseFormat, SubtitleOptions, render
 from http_protocol import redact_access_log, uvicorn_options
 from speech_pipeline import SpeechPipeline
 
 logger = logging.getLogger(__name__)
-MEDIA_TYPES = {"text": "text/plain", "srt": "application/x-subrip", "vtt": "text/vtt"}
-_OPENAI_FIELDS = {"task", "language", "prompt", "return_timestamps"}  # set from the OpenAI form fields and the route
+MEDIA_TYPES = {"text": "text/plain", "srt": "application/x-subrip", "vtt": "text/vtt", "rttm": "text/plain"}
+# set from the OpenAI form fields and the route
+_OPENAI_FIELDS = {"task", "language", "prompt", "return_timestamps", "temperature"}
 _KNOWN_SPEAKER_FIELDS = {"known_speaker_names[]": "known_speaker_names",
                          "known_speaker_references[]": "known_speaker_references"}
 _OPENAI_FORM = {"file", "model", "language", "prompt", "response_format", "temperature", "timestamp_granularities[]",
@@ -188,7 +190,8 @@ def openai_form(
     prompt: Annotated[str | None, Form(max_length=4000, description="text before the audio (names, terms, style) "
                                        "that Whisper continues from; only its last 223 tokens count")] = None,
     response_format: Annotated[ResponseFormat, Form()] = "json",
-    temperature: Annotated[float, Form(ge=0, le=1, description="accepted; decoding is greedy (temperature 0)")] = 0,
+    temperature: Annotated[float, Form(ge=0, le=1, description="the first decoding temperature (0: greedy); windows "
+                                       "that fail the loop guard are decoded again hotter, up to 1")] = 0,
     timestamp_granularities: Annotated[list[Literal["segment", "word"]] | None,
                                        Form(alias="timestamp_granularities[]")] = None,
     stream: Annotated[bool, Form(description="streaming is not supported")] = False,
@@ -228,17 +231,18 @@ async def _openai(request: Request, form: OpenAIRequest, task: str) -> Response:
     subtitles = _subtitle_options(fields)
     config = InferenceConfig.parse({
         **extra, **await _known_speakers(fields), "task": task,
-        "return_timestamps": "word" if words or subtitles.shaped else "segment",
+        "return_timestamps": "word" if words or subtitles.shaped else "segment", "temperature": form.temperature,
         **({"language": form.language} if form.language else {}),
         **({"prompt": form.prompt} if form.prompt else {})})
-    if form.response_format == "diarized_json" and (pipeline.diarizer is None or not config.diarization):
-        raise RequestError("response_format diarized_json needs diarization: a DIARIZATION_MODEL and diarization "
-                           "not turned off", field="response_format")
+    if form.response_format in DIARIZED_FORMATS and (pipeline.diarizer is None or not config.diarization):
+        raise RequestError(f"response_format {form.response_format} needs diarization: a DIARIZATION_MODEL and "
+                           "diarization not turned off", field="response_format")
     data = await form.file.read()
 
     def job(cancel: threading.Event) -> str | dict[str, Any]:
         transcript, _ = pipeline.transcribe_request({"inputs": data, "parameters": config.model_dump()}, cancel)
-        return render(transcript, form.response_format, task, words, subtitles)
+        return render(transcript, form.response_format, task, words, subtitles,
+                      uri=Path(form.file.filename or "audio").stem)
 
     try:
         out = await service_of(request).execute(request, job)

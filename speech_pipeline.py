@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import zlib
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,14 +20,85 @@ from audio import SAMPLE_RATE, decode_audio, payload_bytes
 from batching import WindowBatcher
 from config import (DEFAULT_ASR_MODEL, DEFAULT_ASSISTANT_MODEL, DEFAULT_DIARIZATION_MODEL, PROJECT_DIR,
                     InferenceConfig, ModelSettings)
-from diarization_utils import diarize, load_diarizer, merge_speakers
+from diarization_utils import Diarization, diarize, load_diarizer, merge_speakers
 from errors import Cancelled, RequestError, redact
 from transcript import Segment, Transcript, Word, sentences
 from vad import SpeechDetector, group_windows, max_windows
+from word_timing import refine_words, resolve
 
 logger = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # windows decoded so far, windows in all
 CPU_MAX_BATCH = 24  # windows in one forward pass on a CPU, whatever batch_size asks for
+
+# the most new tokens a window may decode per second of its audio, plus a margin for the prompt, task and first
+# timestamp tokens: fast speech needs about half of it, a loop stops there
+TOKENS_PER_SECOND = 12.0
+TOKEN_MARGIN = 16
+
+
+@dataclass(frozen=True)
+class Guard:
+    """The loop guard's settings for one request (openai-whisper's transcribe options); part of the batching key."""
+
+    temperatures: tuple[float, ...]
+    compression_ratio_threshold: float | None
+    logprob_threshold: float | None
+    no_speech_threshold: float | None
+
+    @classmethod
+    def of(cls, config: InferenceConfig) -> "Guard":
+        return cls(config.temperatures, config.compression_ratio_threshold, config.logprob_threshold,
+                   config.no_speech_threshold)
+
+
+@dataclass
+class Attempt:
+    """One decoding of one window at one temperature, and what the guard thinks of it."""
+
+    output: dict[str, Any]
+    temperature: float
+    compression_ratio: float
+    avg_logprob: float | None  # None where it is not measured (beam search, drafts)
+    no_speech_prob: float | None
+    language: str | None
+    bounded: bool
+
+    def silent(self, guard: Guard) -> bool:
+        """Whisper's own no-speech verdict: likely no speech and a poor transcript (openai-whisper's rule)."""
+        return (guard.no_speech_threshold is not None and self.no_speech_prob is not None
+                and self.no_speech_prob > guard.no_speech_threshold
+                and (guard.logprob_threshold is None or self.avg_logprob is None
+                     or self.avg_logprob < guard.logprob_threshold))
+
+    def fails(self, guard: Guard) -> bool:
+        """Too repetitive, too unlikely or cut at its token bound: worth decoding again at a higher temperature."""
+        return not self.silent(guard) and (
+            self.bounded or (guard.compression_ratio_threshold is not None
+                             and self.compression_ratio > guard.compression_ratio_threshold)
+            or (guard.logprob_threshold is not None and self.avg_logprob is not None
+                and self.avg_logprob < guard.logprob_threshold))
+
+
+def compression_ratio(text: str) -> float:
+    """Bytes of the text over bytes of its zlib compression: repetition loops compress well (openai-whisper)."""
+    data = text.encode()
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def best_attempt(attempts: list[Attempt], guard: Guard) -> Attempt:
+    """The first that passes; when none does, the most likely of those neither cut nor repetitive (faster-whisper's
+    choice), else of those not cut, else the least repetitive: a loop is confident, its likelihood high."""
+    for attempt in attempts:
+        if not attempt.fails(guard):
+            return attempt
+    threshold = guard.compression_ratio_threshold
+
+    def rank(a: Attempt) -> tuple:
+        repetitive = threshold is not None and a.compression_ratio > threshold
+        return (not a.bounded, not repetitive, -a.compression_ratio if repetitive else 0.0,
+                a.avg_logprob if a.avg_logprob is not None else -float("inf"))
+
+    return max(attempts, key=rank)
 
 
 def cpu_has_bf16() -> bool:
@@ -72,7 +146,8 @@ class SpeechPipeline:
         except Exception as error:  # a start-up failure must say which model, never echo the token
             raise RuntimeError(f"could not load ASR_MODEL {asr_model!r}: {redact(str(error), token)}") from None
         metrics.MODEL_LOAD_SECONDS.labels("asr").set(time.perf_counter() - started)
-        generation = self.asr.model.generation_config
+        self.whisper = self.asr.model  # the FastWhisper that reports each window's WindowStats
+        generation = self.whisper.generation_config
         self.multilingual = bool(getattr(generation, "is_multilingual", True))
         self.lang_to_id: dict[str, int] = dict(getattr(generation, "lang_to_id", None) or {})
         loading = time.perf_counter()
@@ -199,7 +274,7 @@ class SpeechPipeline:
     def handle(self, data: Any, cancel: threading.Event | None = None) -> dict[str, Any]:
         """Serve one request: {"inputs": base64 or bytes, "parameters": {...}} -> response dict."""
         transcript, config = self.transcribe_request(data, cancel)
-        return transcript.to_response(words=config.return_timestamps == "word")
+        return transcript.to_response(words=config.return_timestamps == "word", turns=config.return_turns)
 
     def transcribe_request(self, data: Any, cancel: threading.Event | None = None) -> tuple[Transcript, InferenceConfig]:
         """Validate the parameters, decode the audio once and transcribe it; raises RequestError on bad input."""
@@ -234,43 +309,102 @@ class SpeechPipeline:
         assisted = self.use_assistant(config, len(windows))
         if assisted:
             generate_kwargs = {**generate_kwargs, **self.assistant_kwargs}
-        segments = self._transcribe_windows(audio, windows, config, generate_kwargs, assisted, cancel, progress)
+        segments, languages = self._transcribe_windows(audio, windows, config, generate_kwargs, assisted, cancel,
+                                                       progress)
         text = "".join(segment.text for segment in segments).strip()
-        transcript = Transcript(text=text, segments=segments, duration=duration,
-                                language=generate_kwargs.get("language") or (None if self.multilingual else "en"))
+        transcript = Transcript(text=text, segments=segments, duration=duration, language=_majority(languages),
+                                word_timing=resolve(config.word_timing) if config.return_timestamps == "word" else None)
         if self.diarizer is not None and config.diarization:
-            with self._diarization_lock:
-                turns = diarize(self.diarizer, audio, config, cancel)
-                turns = known_speakers.name_speakers(self.diarizer, audio, turns, known)
-            transcript.speakers = merge_speakers(turns, segments, by_word=config.return_timestamps == "word")
+            found = None
+            if known:
+                with self._diarization_lock:
+                    found = known_speakers.named(self.diarizer, audio, diarize(self.diarizer, audio, config, cancel),
+                                                 known)
+            found, transcript.speakers = self.attribute_speakers(audio, config, segments, cancel, found)
+            transcript.turns = found.turns
         metrics.observe_transcription(duration, time.perf_counter() - started)
         return transcript
 
+    def attribute_speakers(self, audio: np.ndarray, config: InferenceConfig, segments: list[Segment],
+                           cancel: threading.Event | None = None,
+                           found: Diarization | None = None) -> tuple[Diarization, list[Segment]]:
+        """Diarize (unless `found` is given) and label `segments` and their words with speakers; returns the
+        diarization and the speaker-attributed segments. Words take the exclusive turns, made for transcripts."""
+        if found is None:
+            with self._diarization_lock:
+                found = diarize(self.diarizer, audio, config, cancel)
+        return found, merge_speakers(found.exclusive, segments, by_word=config.return_timestamps == "word")
+
     def _forward(self, inputs: list[dict[str, Any]], batch_size: int, options: dict[str, Any],
                  stop: Callable[[], bool]) -> list[dict]:
+        """Decode windows with the loop guard: those that fail it are decoded again, together, at the next
+        temperature; each output gets the chosen `Attempt` under "attempt" and the number of "fallbacks"."""
+        guard: Guard = options["guard"]
+        attempts: list[list[Attempt]] = [[] for _ in inputs]
+        pending = list(range(len(inputs)))
+        with self._lock, torch.inference_mode():
+            for temperature in guard.temperatures:
+                decoded = self._decode([inputs[i] for i in pending], batch_size, options, stop, temperature)
+                for i, attempt in zip(pending, decoded):
+                    attempts[i].append(attempt)
+                pending = [i for i, attempt in zip(pending, decoded) if attempt.fails(guard)]
+                if not pending or stop():
+                    break
+        outputs = []
+        for tried in attempts:
+            chosen = best_attempt(tried, guard)
+            outputs.append({**chosen.output, "attempt": chosen, "fallbacks": len(tried) - 1})
+            metrics.FALLBACKS.inc(len(tried) - 1)
+        return outputs
+
+    def _decode(self, inputs: list[dict[str, Any]], batch_size: int, options: dict[str, Any],
+                stop: Callable[[], bool], temperature: float) -> list[Attempt]:
         from transformers import StoppingCriteriaList
 
-        generate_kwargs = {**options["generate_kwargs"], "stopping_criteria": StoppingCriteriaList([_StopWhen(stop)])}
+        generate_kwargs = {**options["generate_kwargs"], "stopping_criteria": StoppingCriteriaList([_StopWhen(stop)]),
+                           "max_tokens_per_second": TOKENS_PER_SECOND, "token_margin": TOKEN_MARGIN}
+        if temperature > 0:  # sampling, one sequence a window; drafts only serve greedy decoding
+            generate_kwargs = {key: value for key, value in generate_kwargs.items()
+                               if key not in self.assistant_kwargs}
+            generate_kwargs.update(do_sample=True, temperature=temperature, num_beams=1)
         metrics.observe_batch(len(inputs), batch_size)
-        with self._lock, torch.inference_mode():
-            return self.asr(inputs, batch_size=batch_size, **{**options, "generate_kwargs": generate_kwargs})
+        model = self.whisper
+        model.window_stats = []
+        try:  # the ASR pipeline takes its inputs apart: it gets copies, a fallback needs them again
+            outputs = self.asr([dict(x) for x in inputs], batch_size=batch_size,
+                               **{**options["asr"], "generate_kwargs": generate_kwargs})
+            stats = model.window_stats
+        finally:
+            model.window_stats = None
+        if len(stats) != len(outputs):
+            raise RuntimeError(f"{len(outputs)} windows decoded, {len(stats)} measured")
+        # beam search and drafts have no log-probability measured: compression is judged alone
+        return [Attempt(output, temperature, compression_ratio(output["text"]), stat.avg_logprob, stat.no_speech_prob,
+                        stat.language.strip("<|>") if stat.language else None, stat.bounded)
+                for output, stat in zip(outputs, stats)]
 
     def _transcribe_windows(self, audio: np.ndarray, windows: list[tuple[float, float]], config: InferenceConfig,
                             generate_kwargs: dict[str, Any], assisted: bool, cancel: threading.Event,
-                            progress: Progress | None = None) -> list[Segment]:
+                            progress: Progress | None = None) -> tuple[list[Segment], dict[str, float]]:
+        """The segments of every window, and seconds of speech per detected (or given) language."""
         if not windows:
-            return []
+            return [], {}
         if progress is not None:  # one batch at a time, reporting each: the batches the pipeline would form anyway
-            step, segments = (1 if assisted else min(config.effective_batch_size, self.max_batch_size)), []
+            step = 1 if assisted else min(config.effective_batch_size, self.max_batch_size)
+            segments, languages = [], Counter()
             for first in range(0, len(windows), step):
-                segments += self._transcribe_windows(audio, windows[first:first + step], config, generate_kwargs,
-                                                     assisted, cancel)
+                found, spoken = self._transcribe_windows(audio, windows[first:first + step], config, generate_kwargs,
+                                                         assisted, cancel)
+                segments += found
+                languages.update(spoken)
                 progress(min(first + step, len(windows)), len(windows))
-            return segments
+            return segments, dict(languages)
         inputs = [{"raw": audio[int(s * SAMPLE_RATE):int(e * SAMPLE_RATE)], "sampling_rate": SAMPLE_RATE}
                   for s, e in windows]
         word_level = config.return_timestamps == "word"
-        options = {"return_timestamps": "word" if word_level else True, "generate_kwargs": generate_kwargs}
+        guard = Guard.of(config)
+        options = {"asr": {"return_timestamps": "word" if word_level else True}, "generate_kwargs": generate_kwargs,
+                   "guard": guard}
         if assisted:  # drafts decode one sequence at a time; a given-up request stops before its next window
             outputs = []
             for window in inputs:
@@ -278,18 +412,31 @@ class SpeechPipeline:
                 _check(cancel)
         else:
             key = (tuple(sorted((k, tuple(v.tolist()) if isinstance(v, torch.Tensor) else v)  # prompt_ids
-                                for k, v in generate_kwargs.items())), word_level)
+                                for k, v in generate_kwargs.items())), word_level, guard)
             outputs = self._batcher.submit(key, inputs, min(config.effective_batch_size, self.max_batch_size),
-                                            options, cancel)
+                                           options, cancel)
         segments: list[Segment] = []
+        spoken: Counter[str] = Counter()  # seconds of windows with text, per language
+        heard: Counter[str] = Counter()  # of every window: the answer when none has text
+        fallback_language = generate_kwargs.get("language") or (None if self.multilingual else "en")
         for (start, end), output in zip(windows, outputs):
+            attempt: Attempt = output["attempt"]
+            language = attempt.language or fallback_language
+            if language:
+                heard[language] += end - start
+            if attempt.silent(guard):  # Whisper's own verdict: no speech here
+                continue
             chunks = [(_clock(c["timestamp"][0], start, start, end), _clock(c["timestamp"][1], end, start, end),
                        c["text"]) for c in output.get("chunks", []) if c["text"]]
-            if word_level:
-                segments.extend(sentences([Word(s, e, t) for s, e, t in chunks]))
-            else:
-                segments.extend(Segment(s, e, t) for s, e, t in chunks)
-        return segments
+            if chunks and language:
+                spoken[language] += end - start
+            found = (sentences(refine_words([Word(s, e, t) for s, e, t in chunks], audio, (start, end),
+                                            config.word_timing)) if word_level
+                     else [Segment(s, e, t) for s, e, t in chunks])
+            segments.extend(replace(segment, language=language, temperature=attempt.temperature,
+                                    avg_logprob=attempt.avg_logprob, compression_ratio=attempt.compression_ratio,
+                                    no_speech_prob=attempt.no_speech_prob) for segment in found)
+        return segments, dict(spoken or heard)
 
 
 class _StopWhen:
@@ -300,6 +447,11 @@ class _StopWhen:
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         return torch.full((input_ids.shape[0],), self.stop(), dtype=torch.bool, device=input_ids.device)
+
+
+def _majority(seconds: dict[str, float]) -> str | None:
+    """The language with the most seconds of speech windows (the first detected on a tie); None without speech."""
+    return max(seconds, key=seconds.__getitem__) if seconds else None
 
 
 def _check(cancel: threading.Event) -> None:

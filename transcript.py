@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 _SENTENCE_END = (".", "?", "!", "。", "？", "！")
+Turn = tuple[float, float, str]  # a diarizer's speaker turn: start, end, speaker label
 
 
 @dataclass
@@ -26,6 +27,12 @@ class Segment:
     text: str
     words: list[Word] = field(default_factory=list)
     speaker: str | None = None
+    # how its window was decoded (openai-whisper's segment fields): the loop guard's measures
+    language: str | None = None
+    temperature: float = 0.0
+    avg_logprob: float | None = None
+    compression_ratio: float | None = None
+    no_speech_prob: float | None = None
 
 
 @dataclass
@@ -33,20 +40,26 @@ class Transcript:
     text: str
     segments: list[Segment]
     duration: float
-    language: str | None = None
+    language: str | None = None  # the language of most of the speech (per segment in `Segment.language`)
     speakers: list[Segment] = field(default_factory=list)  # speaker-attributed segments; empty without diarization
+    turns: list[Turn] = field(default_factory=list)  # the diarizer's own turns (may overlap); empty without it
+    word_timing: str | None = None  # how word boundaries were placed (word_timing.METHODS), with word timestamps
 
-    def to_response(self, words: bool = False) -> dict[str, Any]:
-        """The Inference Endpoints contract: text, timestamped chunks, speakers (and words when asked)."""
+    def to_response(self, words: bool = False, turns: bool = False) -> dict[str, Any]:
+        """The Inference Endpoints contract: text, timestamped chunks, speakers (and words, turns when asked)."""
+        mixed = len({s.language for s in self.segments if s.language}) > 1
         response: dict[str, Any] = {
             "text": self.text,
-            "chunks": [_chunk_dict(s) for s in self.segments],
+            "chunks": [_chunk_dict(s, mixed) for s in self.segments],
             "speakers": [_speaker_dict(s, words) for s in self.speakers],
             "language": self.language,
             "duration": round(self.duration, 3),
         }
         if words:
             response["words"] = [asdict(w) for s in self.segments for w in s.words]
+            response["word_timing"] = self.word_timing
+        if turns:
+            response["turns"] = [{"start": start, "end": end, "speaker": speaker} for start, end, speaker in self.turns]
         return response
 
     @classmethod
@@ -61,15 +74,17 @@ class Transcript:
             if end is None:  # an open last chunk runs to the next one, or to the end of the audio
                 end = chunks[index + 1]["timestamp"][0] if index + 1 < len(chunks) else duration
             segments.append(Segment(start, float(end if end is not None else start), str(chunk.get("text") or ""),
-                                    speaker=chunk.get("speaker")))
+                                    speaker=chunk.get("speaker"), language=chunk.get("language")))
         return cls(text=str(response.get("text") or ""), segments=segments, duration=duration,
                    language=response.get("language"))
 
 
-def _chunk_dict(segment: Segment) -> dict[str, Any]:
+def _chunk_dict(segment: Segment, language: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {"timestamp": [segment.start, segment.end], "text": segment.text}
     if segment.speaker is not None:  # set by diarization: subtitles label each cue with it
         out["speaker"] = segment.speaker
+    if language:  # windows of the request were detected in different languages
+        out["language"] = segment.language
     return out
 
 

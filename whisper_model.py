@@ -5,17 +5,23 @@ fp32 decoding steps are dominated by products of a few rows with weights streame
 faster in the transposed layout; the suppress-token mask was rebuilt every step; word timestamps left the model
 on eager attention for good; and torch's CPU SDPA kernel is slow for one bf16 query over the encoder frames.
 The measured effect of each: docs/benchmarks.md, "What made it faster".
+
+It also reports, per window, what the loop guard of the pipeline needs (`WindowStats`: detected language,
+no-speech probability, average log-probability, tokens) and stops a window at its own token bound.
 """
 
 from __future__ import annotations
 
 import functools
+import zlib
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import nn
 from transformers import AttentionInterface, WhisperForConditionalGeneration
-from transformers.generation.logits_process import SuppressTokensLogitsProcessor
+from transformers.generation.logits_process import LogitsProcessor, LogitsProcessorList, SuppressTokensLogitsProcessor
+from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -98,6 +104,99 @@ def _cached(processors: Any) -> Any:
     return processors
 
 
+FRAMES_PER_SECOND = 100  # log-mel frames per second of audio (10 ms hop)
+
+
+@dataclass
+class WindowStats:
+    """What one window's decoding looked like: the loop guard's inputs (openai-whisper's DecodingResult)."""
+
+    language: str | None  # the language token decoded with, e.g. "<|en|>"; None for English-only models
+    no_speech_prob: float | None  # probability of <|nospeech|> right after <|startoftranscript|>
+    sum_logprob: float | None  # None: not measured (beam search, drafts)
+    tokens: int | None  # new tokens, the end-of-text token included
+    bounded: bool  # stopped at its token bound
+
+    @property
+    def avg_logprob(self) -> float | None:
+        return None if self.sum_logprob is None else self.sum_logprob / max(1, self.tokens or 0)
+
+
+class _Meter:
+    """Per-window log-probabilities and token counts while a batch decodes, and a per-window token bound.
+
+    `rows` maps the current batch's rows to the windows of the `generate()` call (transformers decodes a window
+    again from its last timestamp when it ended mid-segment, with the finished windows left out)."""
+
+    def __init__(self, limits: torch.Tensor, eos: int):
+        self.limits, self.eos = limits, eos
+        self.sums = torch.zeros(len(limits), dtype=torch.float64)
+        self.counts = torch.zeros(len(limits), dtype=torch.long)
+        self.bounded = torch.zeros(len(limits), dtype=torch.bool)
+        self.start([*range(len(limits))])
+
+    def start(self, rows: list[int]) -> None:
+        self.rows = torch.tensor(rows, dtype=torch.long)
+        self.active = torch.ones(len(rows), dtype=torch.bool)
+        self.logprobs: torch.Tensor | None = None
+
+    def scores(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        # the processed scores before any temperature (transformers applies it after custom processors), as
+        # openai-whisper's sum_logprobs
+        self.logprobs = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def step(self, input_ids: torch.LongTensor, scores: Any) -> torch.Tensor:
+        tokens = input_ids[:, -1].cpu()
+        active = self.active.clone()
+        if self.logprobs is not None and active.any():
+            chosen = self.logprobs.cpu().gather(1, tokens[:, None])[:, 0].double()
+            rows = self.rows[active]
+            self.sums.index_add_(0, rows, torch.where(chosen[active].isfinite(), chosen[active], 0.0))
+            self.counts.index_add_(0, rows, torch.ones(len(rows), dtype=torch.long))
+        self.active &= tokens != self.eos
+        over = self.active & (self.counts[self.rows] >= self.limits[self.rows])
+        self.bounded[self.rows[over]] = True
+        self.active &= ~over
+        return (~self.active).to(input_ids.device)
+
+
+class _MeterScores(LogitsProcessor):
+    def __init__(self, meter: _Meter):
+        self.meter = meter
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        return self.meter.scores(input_ids, scores)
+
+
+class _SeededSampling(LogitsProcessor):
+    """Sampling at `temperature` as Gumbel noise plus greedy choice, the noise drawn from a generator per window
+    seeded by its audio: a window samples the same tokens whatever else shares its batch."""
+
+    def __init__(self, meter: _Meter, temperature: float, seeds: list[int]):
+        self.meter, self.temperature = meter, temperature
+        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        uniform = torch.stack([torch.rand(scores.shape[-1], generator=self.generators[row])
+                               for row in self.meter.rows.tolist()]).clamp_(min=1e-20, max=1 - 1e-7)
+        return scores.float() / self.temperature - torch.log(-torch.log(uniform)).to(scores.device)
+
+
+class _MeterStop(StoppingCriteria):
+    def __init__(self, meter: _Meter):
+        self.meter = meter
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        return self.meter.step(input_ids, scores)
+
+
+def token_limits(frames: torch.Tensor, tokens_per_second: float, margin: int) -> torch.Tensor:
+    """The most new tokens each window may decode: its audio seconds (from log-mel frames) at `tokens_per_second`,
+    plus `margin` for the language, task and timestamp tokens."""
+    return (frames.double() / FRAMES_PER_SECOND * tokens_per_second).ceil().long() + margin
+
+
 class FastWhisper(WhisperForConditionalGeneration):
     """Whisper that encodes a batch once per `generate()`, projects logits with `LogitsHead`, builds the
     suppress-token mask once, and keeps its attention implementation (load it with `ATTENTION`) after
@@ -110,6 +209,10 @@ class FastWhisper(WhisperForConditionalGeneration):
             if type(module) is nn.Linear:
                 module.__class__ = DecodeLinear
         self._encoded: list[tuple[torch.Tensor, Any]] | None = None  # this generate() call's encoder results
+        self._meter: _Meter | None = None
+        self._no_speech: torch.Tensor | None = None  # this generate() call's no-speech probabilities
+        self._languages: list[str | None] = []
+        self.window_stats: list[WindowStats] | None = None  # a list here collects every window's WindowStats
         encoder = self.get_encoder()
         encoder.forward = self._encode_once(encoder.forward)
 
@@ -142,12 +245,82 @@ class FastWhisper(WhisperForConditionalGeneration):
     def _get_logits_processor(self, *args: Any, **kwargs: Any) -> Any:
         return _cached(super()._get_logits_processor(*args, **kwargs))
 
-    def generate(self, input_features: torch.Tensor | None = None, **kwargs: Any) -> Any:
-        self._encoded = []
+    def detect_language(self, input_features: torch.Tensor | None = None, encoder_outputs: Any = None,
+                        generation_config: Any = None, num_segment_frames: int = 3000) -> torch.Tensor:
+        """transformers' detection (the most likely language token after <|startoftranscript|>), which also keeps
+        the no-speech probability those same logits give (as openai-whisper does)."""
+        generation_config = generation_config or self.generation_config
+        inputs = ({"input_features": input_features[:, :, :num_segment_frames]} if input_features is not None
+                  else {"encoder_outputs": encoder_outputs})
+        batch_size = (input_features if input_features is not None else encoder_outputs[0]).shape[0]
+        start = torch.full((batch_size, 1), generation_config.decoder_start_token_id, device=self.device)
+        with torch.no_grad():
+            logits = self(**inputs, decoder_input_ids=start, use_cache=False).logits[:, -1]
+        self._no_speech = logits.float().softmax(dim=-1)[:, generation_config.no_timestamps_token_id - 1].cpu()
+        lang_ids = list((getattr(generation_config, "lang_to_id", None) or {}).values())
+        if not lang_ids:  # English-only: only the no-speech probability was wanted
+            return torch.zeros(batch_size, dtype=torch.long, device=self.device)
+        non_language = torch.ones_like(logits[0], dtype=torch.bool)
+        non_language[lang_ids] = False
+        return logits.masked_fill(non_language, -float("inf")).argmax(-1)
+
+    def _retrieve_init_tokens(self, input_features: torch.Tensor, batch_size: int, generation_config: Any,
+                              *args: Any, **kwargs: Any) -> torch.Tensor:
+        init_tokens = super()._retrieve_init_tokens(input_features, batch_size, generation_config, *args, **kwargs)
+        if self._no_speech is None:  # language given: the no-speech probability still needs the first step
+            self.detect_language(input_features, generation_config=generation_config)
+        id_to_lang = {v: k for k, v in (getattr(generation_config, "lang_to_id", None) or {}).items()}
+        self._languages = [next((id_to_lang[t] for t in row if t in id_to_lang), None)
+                           for row in init_tokens.tolist()]
+        return init_tokens
+
+    def generate_with_fallback(self, segment_input: torch.Tensor, decoder_input_ids: torch.Tensor, cur_bsz: int,
+                               seek: torch.Tensor, batch_idx_map: list[int], *args: Any, **kwargs: Any) -> Any:
+        if self._meter is not None:  # a window decoded again from its last timestamp keeps its count
+            self._meter.start(list(batch_idx_map[:cur_bsz]))
+        return super().generate_with_fallback(segment_input, decoder_input_ids, cur_bsz, seek, batch_idx_map,
+                                              *args, **kwargs)
+
+    def generate(self, input_features: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                 max_tokens_per_second: float | None = None, token_margin: int = 16, **kwargs: Any) -> Any:
+        """transformers' Whisper generate(); with `max_tokens_per_second`, no window decodes more new tokens than
+        its audio length (from `attention_mask`) at that rate plus `token_margin`. Appends one `WindowStats` per
+        window to `window_stats` when it is a list. `do_sample` with a `temperature` samples per window
+        (`_SeededSampling`) when decoding is not beam search or drafted."""
+        self._encoded, self._no_speech, self._languages = [], None, []
         attention = self.config._attn_implementation
+        meter = None
+        if input_features is not None and kwargs.get("num_beams", 1) == 1 and "assistant_model" not in kwargs:
+            frames = (attention_mask.sum(-1).cpu() if attention_mask is not None
+                      else torch.full((input_features.shape[0],), input_features.shape[-1]))
+            limits = (token_limits(frames, max_tokens_per_second, token_margin) if max_tokens_per_second
+                      else torch.full((len(frames),), self.config.max_target_positions))
+            meter = self._meter = _Meter(limits, self.generation_config.eos_token_id)
+            processors = [*(kwargs.get("logits_processor") or []), _MeterScores(meter)]
+            temperature = kwargs.pop("temperature", None)
+            if kwargs.pop("do_sample", False) and temperature:
+                seeds = [zlib.crc32(row.float().cpu().numpy().tobytes()) ^ round(temperature * 1000)
+                         for row in input_features]
+                processors.append(_SeededSampling(meter, temperature, seeds))
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
+            kwargs["stopping_criteria"] = StoppingCriteriaList([*(kwargs.get("stopping_criteria") or []),
+                                                                _MeterStop(meter)])
         try:
-            return super().generate(input_features, **kwargs)
+            output = super().generate(input_features, attention_mask=attention_mask, **kwargs)
+            if self.window_stats is not None and input_features is not None:
+                rows = input_features.shape[0]
+                no_speech = self._no_speech.tolist() if self._no_speech is not None else [None] * rows
+                languages = self._languages or [None] * rows
+                if meter is None:
+                    self.window_stats.extend(WindowStats(language, p, None, None, False)
+                                             for language, p in zip(languages, no_speech))
+                else:
+                    self.window_stats.extend(
+                        WindowStats(language, p, float(total), int(count), bool(bounded))
+                        for language, p, total, count, bounded in zip(languages, no_speech, meter.sums, meter.counts,
+                                                                      meter.bounded))
+            return output
         finally:
-            self._encoded = None  # the pipeline holds one model for all threads; they take turns (a lock)
+            self._encoded, self._meter = None, None  # one model for all threads; they take turns (a lock)
             # word timestamps switch the shared config to eager attention for good: later requests keep SDPA
             self.config._attn_implementation = attention

@@ -1,12 +1,14 @@
 """Cost of diarization on a long two-speaker recording: ASR alone, diarization alone, the whole pipeline.
 
     python -m benchmarks.bench_diarization --minutes 10 --out benchmarks/results/bench_diarization.json
+    python -m benchmarks.bench_diarization --minutes 10 --against OTHER_PIPELINE_DIR --rounds 2
 
 The recording is samples/two_speakers.ogg (two espeak voices taking turns, 24 s) repeated with 0.5 s pauses to
 --minutes; its reference turns repeat with it. Models come from ASR_MODEL and DIARIZATION_MODEL as in the
 endpoint (the offline defaults unless set). Prints the real-time factors (time / audio seconds), the
 diarization share of the pipeline's time, how many speakers were found and the share of speech time labelled
-with the right speaker (each found label mapped to the reference speaker it overlaps most).
+with the right speaker (each found label mapped to the reference speaker it overlaps most). `--against DIR`
+times only diarization, this pipeline and the one in DIR alternately in one process, and prints the ratio.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def run(minutes: float) -> dict[str, Any]:
         timings[label] = time.perf_counter() - started
         print(f"{label}: {timings[label]:.1f} s, RTF {timings[label] / seconds:.3f}", flush=True)
         if label == "diarization":
-            turns = result
+            turns = result.turns
     report = {
         "audio_seconds": round(seconds, 1), "load_seconds": round(load_seconds, 1),
         "seconds": {k: round(v, 2) for k, v in timings.items()},
@@ -97,12 +99,41 @@ def run(minutes: float) -> dict[str, Any]:
     return report
 
 
+def against(minutes: float, other: Path, rounds: int) -> dict[str, Any]:
+    """Diarization seconds of DIARIZATION_MODEL and of `other`, alternated, and their ratio per round."""
+    import torch
+
+    from diarization_utils import diarize, load_diarizer
+
+    audio, reference = long_recording(minutes)
+    settings = ModelSettings()
+    pipelines = {"this": load_diarizer(settings.resolve(settings.diarization_model, PROJECT_DIR), None,
+                                       torch.device("cpu")),
+                 "other": load_diarizer(str(other), None, torch.device("cpu"))}
+    for pipeline in pipelines.values():
+        diarize(pipeline, audio[:SAMPLE_RATE * 24], InferenceConfig())  # one-off costs, paid once
+    seconds: dict[str, list[float]] = {"this": [], "other": []}
+    found: dict[str, int] = {}
+    for _ in range(rounds):
+        for name, pipeline in pipelines.items():
+            started = time.perf_counter()
+            turns = diarize(pipeline, audio, InferenceConfig()).turns
+            seconds[name].append(round(time.perf_counter() - started, 2))
+            found[name] = len({speaker for _, _, speaker in turns})
+        print(f"this {seconds['this'][-1]:.1f} s, other {seconds['other'][-1]:.1f} s, ratio "
+              f"{seconds['this'][-1] / seconds['other'][-1]:.2f}", flush=True)
+    return {"audio_seconds": round(len(audio) / SAMPLE_RATE, 1), "seconds": seconds, "speakers_found": found,
+            "ratios": [round(a / b, 3) for a, b in zip(seconds["this"], seconds["other"])], "other": str(other)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="length of the recording")
+    parser.add_argument("--against", type=Path, help="time diarization against the pipeline in this directory")
+    parser.add_argument("--rounds", type=int, default=2, help="alternated rounds with --against")
     parser.add_argument("--out", type=Path, help="write the report as JSON here")
     args = parser.parse_args(argv)
-    report = run(args.minutes)
+    report = against(args.minutes, args.against, args.rounds) if args.against else run(args.minutes)
     if args.out:
         args.out.write_text(json.dumps(report, indent=1) + "\n")
     return 0

@@ -289,14 +289,20 @@ def graceful_shutdown(server: Server, body: bytes, query: str) -> dict:
     thread = threading.Thread(target=call)
     started = time.perf_counter()
     thread.start()
-    time.sleep(0.5)  # the request is in the pipeline
+    in_flight, deadline = False, time.monotonic() + 60
+    while not in_flight and thread.is_alive() and time.monotonic() < deadline:  # signal once it holds a place
+        try:
+            in_flight = httpx.get(server.url + "/health", timeout=10).json()["queue"]["held"] >= 1
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
     server.process.send_signal(signal.SIGTERM)
     thread.join(150)
     try:
         exit_code = server.process.wait(60)
     except subprocess.TimeoutExpired:
         exit_code = None
-    return {"completed": outcome.get("status") == 200, "request": outcome, "server_exit_code": exit_code,
+    return {"completed": outcome.get("status") == 200, "in_flight_when_signalled": in_flight,
+            "request": outcome, "server_exit_code": exit_code,
             "request_s": round(time.perf_counter() - started, 2)}
 
 

@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 rendered = (transcript.to_response(words=config.return_timestamps == "word")
                             if args.stdout_format == "json" else
                             render(transcript, args.stdout_format, config.task, config.return_timestamps == "word",
-                                   subtitles))
+                                   subtitles, uri=path.stem))
                 sys.stdout.write(rendered if isinstance(rendered, str)
                                  else json.dumps(rendered, indent=2, ensure_ascii=False) + "\n")
                 sys.stdout.flush()
@@ -264,7 +264,7 @@ def _write(transcript: Any, config: InferenceConfig, stem: str, output_dir: Path
                "rttm": lambda: to_rttm(transcript, stem)}
     written = []
     for name in formats:
-        if name == "rttm" and not transcript.speakers and len(formats) > 1:
+        if name == "rttm" and not transcript.turns and len(formats) > 1:
             continue
         path = output_dir / f"{stem}.{name}"
         path.write_text(writers[name](), encoding="utf-8")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.fixtures import MODELS, ROOT, encode, tiny_whisper, tone  # noqa: F401  (tests import them from here)
+# tests import these from here
+from benchmarks.fixtures import MODELS, ROOT, encode, tiny_whisper, tiny_whisper_decoder, tone  # noqa: F401
 
 SAMPLE = ROOT / "samples" / "sample.flac"
 SAMPLE_TEXT = (ROOT / "samples" / "sample.txt").read_text().strip()
@@ -20,20 +21,23 @@ os.environ.setdefault("DTYPE", "float32")
 
 from hypothesis import settings as hypothesis_settings  # noqa: E402
 
-# CI replays the same examples every run (a red CI must be reproducible); locally hypothesis keeps exploring.
-hypothesis_settings.register_profile("ci", derandomize=True, deadline=None)
-if os.environ.get("CI"):
-    hypothesis_settings.load_profile("ci")
+# Every run, CI's and a laptop's, replays the same examples (a red run must be reproducible, a green one must not be
+# luck); HYPOTHESIS_EXPLORE=1 opts in to fresh random examples for exploratory runs (hypothesis and schemathesis).
+hypothesis_settings.register_profile("replay", derandomize=True, deadline=None, database=None)
+hypothesis_settings.register_profile("explore", derandomize=False, deadline=None)
+hypothesis_settings.load_profile("explore" if os.environ.get("HYPOTHESIS_EXPLORE") == "1" else "replay")
 
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    """main (multilingual vocab), draft (same vocab), draft_en (tiny.en vocab), main_en (English-only), all with 2
-    decoder layers, and main_deep (8 decoder layers, for which a 2-layer draft is cheap)."""
+    """main (multilingual vocab), draft (same vocab), draft_decoder (draft as a decoder-only WhisperForCausalLM),
+    draft_en (tiny.en vocab), main_en (English-only), all with 2 decoder layers, and main_deep (8 decoder layers, for which a 2-layer draft is cheap)."""
     root = tmp_path_factory.mktemp("tiny")
+    draft = tiny_whisper(MODELS / "whisper-base", root / "draft", 1)
     return {
         "main": tiny_whisper(MODELS / "whisper-base", root / "main", 0),
-        "draft": tiny_whisper(MODELS / "whisper-base", root / "draft", 1),
+        "draft": draft,
+        "draft_decoder": tiny_whisper_decoder(draft, root / "draft_decoder"),  # draft's decoder, WhisperForCausalLM
         "draft_en": tiny_whisper(MODELS / "whisper-tiny.en", root / "draft_en", 2),
         "main_en": tiny_whisper(MODELS / "whisper-tiny.en", root / "main_en", 3),
         "main_deep": tiny_whisper(MODELS / "whisper-base", root / "main_deep", 4, decoder_layers=8),

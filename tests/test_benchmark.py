@@ -84,10 +84,11 @@ class SlowTarget:
     """Answers after a fixed delay; counts what it was sent."""
 
     def __init__(self, delay: float, fail_every: int = 0):
-        self.delay, self.fail_every, self.sent = delay, fail_every, 0
+        self.delay, self.fail_every, self.sent, self.sent_at = delay, fail_every, 0, []
 
     async def send(self, scenario):
         self.sent += 1
+        self.sent_at.append(time.perf_counter())
         await asyncio.sleep(self.delay)
         if self.fail_every and self.sent % self.fail_every == 0:
             raise RuntimeError("HTTP 503: busy")
@@ -100,10 +101,11 @@ class SlowTarget:
 def test_duration_mode_stops_by_itself_and_counts_failures():
     scenario = benchmark.build_scenarios(["short"], {"short": np.zeros(SAMPLE_RATE, np.float32)}, {})[0]
     target = SlowTarget(0.05, fail_every=4)
-    started = time.perf_counter()
     result = asyncio.run(benchmark.run_scenario(target, scenario, users=3, iterations=None, duration=0.5))
-    assert time.perf_counter() - started < 0.5 + 0.05 + 0.5  # the deadline, one request in flight, slack
-    assert result["requests"] + result["failures"] == target.sent >= 3 * 5
+    returned = time.perf_counter()
+    # no request starts after the deadline: the run began at the latest `wall_seconds` before it returned
+    assert max(target.sent_at) < returned - result["wall_seconds"] + 0.5
+    assert result["requests"] + result["failures"] == target.sent >= 3  # every user sent
     assert result["failures"] == target.sent // 4 and result["errors"] == ["RuntimeError: HTTP 503: busy"]
     assert result["latency_s"]["min"] >= 0.05 and result["throughput_rps"] > 0
     assert result["cpu_seconds_per_request"] is None  # only measured in-process

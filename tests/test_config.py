@@ -24,12 +24,34 @@ def test_defaults_match_the_contract():
     ({"return_timestamps": "char"}, "return_timestamps"),
     ({"assisted": "maybe"}, "assisted"),
     ({"language": "x" * 100}, "language"),
+    ({"temperature": -0.1}, "temperature"),
+    ({"temperature": float("nan")}, "temperature"),
+    ({"temperature": 1e308}, "temperature"),
+    ({"temperature": [[0.2]]}, "temperature"),
+    ({"temperature": [0.0] * 11}, "temperature"),
+    ({"temperature": []}, "temperature"),
+    ({"temperature_increment_on_fallback": float("inf")}, "temperature_increment_on_fallback"),
+    ({"compression_ratio_threshold": 0.5}, "compression_ratio_threshold"),
+    ({"compression_ratio_threshold": float("nan")}, "compression_ratio_threshold"),
+    ({"logprob_threshold": 3}, "logprob_threshold"),
+    ({"logprob_threshold": [-1]}, "logprob_threshold"),
+    ({"no_speech_threshold": -1}, "no_speech_threshold"),
 ])
 def test_bad_values_name_the_field(parameters, field):
     with pytest.raises(RequestError) as caught:
         InferenceConfig.parse(parameters)
     assert caught.value.field == field and field in caught.value.message
     assert caught.value.status == 422
+
+
+@pytest.mark.parametrize("parameters, schedule", [
+    ({}, (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)),  # openai-whisper's default fallback
+    ({"temperature": 0.5}, (0.5, 0.7, 0.9)),  # OpenAI's temperature: the first one
+    ({"temperature": 0.3, "temperature_increment_on_fallback": 0}, (0.3,)),
+    ({"temperature": [0, 0.5]}, (0.0, 0.5)),
+])
+def test_the_temperature_schedule(parameters, schedule):
+    assert InferenceConfig.parse(parameters).temperatures == schedule
 
 
 @pytest.mark.parametrize("parameters, needle", [

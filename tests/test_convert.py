@@ -36,25 +36,48 @@ def test_reader_parses_every_dtype_and_alias():
         read_ct2_model(_write_ct2(variables, {}) + b"x")
 
 
-def test_converted_tiny_en_matches_faster_whisper_token_for_token(tmp_path):
+def _ct2_directory(name: str, tmp_path) -> str:
+    """The original package's CTranslate2 directory, its split model.bin joined (as build_models does)."""
+    source = sources()[name]
+    if len(source["parts"]) == 1:
+        return str(source["ct2_dir"])
+    joined = tmp_path / name
+    joined.mkdir()
+    for file in source["ct2_dir"].iterdir():
+        if file.is_file() and not file.name.startswith("model.bin"):
+            (joined / file.name).symlink_to(file)
+    with open(joined / "model.bin", "wb") as out:
+        for part in source["parts"]:
+            out.write(part.read_bytes())
+    return str(joined)
+
+
+@pytest.mark.parametrize("name, prompt_tokens", [
+    ("whisper-tiny.en", ["<|startoftranscript|>", "<|notimestamps|>"]),
+    # the default ASR model, multilingual: the same prompt tokens on both sides
+    pytest.param("whisper-base", ["<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"],
+                 marks=pytest.mark.e2e),
+])
+def test_converted_model_matches_faster_whisper_token_for_token(tmp_path, name, prompt_tokens):
     import ctranslate2
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
     from audio import decode_audio
 
-    processor = WhisperProcessor.from_pretrained(MODELS / "whisper-tiny.en")
+    processor = WhisperProcessor.from_pretrained(MODELS / name)
     features = processor(decode_audio(SAMPLE.read_bytes()), sampling_rate=16000, return_tensors="pt").input_features
-    model = WhisperForConditionalGeneration.from_pretrained(MODELS / "whisper-tiny.en", dtype=torch.float32)
-    tokens = model.generate(features, num_beams=1, return_timestamps=False)[0].tolist()
+    model = WhisperForConditionalGeneration.from_pretrained(MODELS / name, dtype=torch.float32)
+    prompt = processor.tokenizer.convert_tokens_to_ids(prompt_tokens)
+    tokens = model.generate(features, decoder_input_ids=torch.tensor([prompt]), num_beams=1,
+                            return_timestamps=False)[0].tolist()
 
     # the same features through CTranslate2 (faster-whisper's engine) on the original package's weights
-    reference = ctranslate2.models.Whisper(str(sources()["whisper-tiny.en"]["ct2_dir"]), device="cpu",
-                                           compute_type="float32", intra_threads=2)
-    prompt = [model.generation_config.decoder_start_token_id, model.generation_config.no_timestamps_token_id]
+    reference = ctranslate2.models.Whisper(_ct2_directory(name, tmp_path), device="cpu", compute_type="float32",
+                                           intra_threads=2)
     result = reference.generate(ctranslate2.StorageView.from_array(features.numpy()), [prompt], beam_size=1)
     expected = result[0].sequences_ids[0]
     generated = [t for t in tokens if t < model.generation_config.eos_token_id]  # drop the prompt and EOT
-    assert generated == expected
+    assert generated == expected and len(generated) > 20
     assert processor.tokenizer.decode(generated).strip().startswith("Hello and welcome")
 
 

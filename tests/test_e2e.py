@@ -45,8 +45,15 @@ def test_stereo_44k_mp3_gives_the_same_words_as_the_16k_flac(real, sample_bytes)
 
 def test_assisted_with_tiny_en_equals_plain_greedy(real, sample_bytes):
     assert "assistant_tokenizer" in real.assistant_kwargs  # base and tiny.en do not share a vocabulary
-    plain = real.handle({"inputs": sample_bytes, "parameters": {"batch_size": 1}})
-    assisted = real.handle({"inputs": sample_bytes, "parameters": {"assisted": True}})
+    drafted = []
+    hook = real.assistant_kwargs["assistant_model"].register_forward_hook(lambda *args: drafted.append(1))
+    try:
+        plain = real.handle({"inputs": sample_bytes, "parameters": {"batch_size": 1}})
+        assert drafted == []
+        assisted = real.handle({"inputs": sample_bytes, "parameters": {"assisted": True}})
+    finally:
+        hook.remove()
+    assert len(drafted) > 1  # tiny.en drafted
     assert assisted == plain
 
 

@@ -1,4 +1,4 @@
-"""Formatters (text, srt, vtt, verbose_json, diarized_json) and the CLI's --format, parsed with real parsers."""
+"""Formatters (text, srt, vtt, verbose_json, diarized_json, rttm) and the CLI's --format, parsed with real parsers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import webvtt
 from conftest import encode, tone
 
 from diarization_utils import merge_speakers
-from formats import FORMATS, SubtitleOptions, render, to_rttm, to_srt, to_tsv, to_verbose_json, to_vtt
+from formats import FORMATS, SubtitleOptions, render, to_srt, to_tsv, to_verbose_json, to_vtt
 from speech_pipeline import Segment, Transcript, Word
 
 
@@ -76,8 +76,20 @@ def test_diarized_json_lists_the_speaker_turns(messy):
     assert out["segments"][0]["type"] == "transcript.text.segment" and out["task"] == "transcribe"
 
 
+def test_rttm_carries_the_diarizer_turns_as_pyannote_reads_them(messy, tmp_path):
+    from pyannote.database.util import load_rttm
+
+    messy.turns = [(0.0, 1.9, "SPEAKER_00"), (1.5, 2.25, "SPEAKER_01"), (1.9, 3661.25, "SPEAKER_01")]  # may overlap
+    path = tmp_path / "out.rttm"
+    path.write_text(render(messy, "rttm", uri="my talk"))
+    annotation = load_rttm(path)["my_talk"]
+    assert sorted((round(s.start, 3), round(s.end, 3), label) for s, _, label in annotation.itertracks(True)) == \
+        messy.turns
+    assert render(Transcript(text="", segments=[], duration=1.0), "rttm") == ""  # no turns, no lines
+
+
 def test_unknown_format_is_refused():
-    assert set(FORMATS) == {"json", "text", "srt", "vtt", "verbose_json", "diarized_json"}
+    assert set(FORMATS) == {"json", "text", "srt", "vtt", "verbose_json", "diarized_json", "rttm"}
     with pytest.raises(ValueError, match="unknown response format"):
         render(Transcript(text="", segments=[], duration=1.0), "docx")
 
@@ -260,11 +272,7 @@ def test_segments_without_word_times_are_split_by_length():
     assert all(a.end <= b.start for a, b in zip(subtitles, subtitles[1:]))
 
 
-def test_tsv_and_rttm():
+def test_tsv():
     transcript = _spoken(sentence_count=2, speakers=("SPEAKER_00", "SPEAKER_01"))
     rows = [line.split("\t") for line in to_tsv(transcript).splitlines()]
     assert rows[0] == ["start", "end", "text"] and rows[1][:2] == ["0", "4150"] and rows[2][2].endswith("word1x13.")
-    rttm = to_rttm(transcript, "my clip").splitlines()
-    assert rttm[1].split() == ["SPEAKER", "my_clip", "1", "4.200", "4.150", "<NA>", "<NA>", "SPEAKER_01", "<NA>",
-                               "<NA>"]
-    assert to_rttm(_spoken()) == ""

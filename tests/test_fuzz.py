@@ -21,8 +21,8 @@ from server import ServerSettings, create_app
 
 FIELDS = sorted(InferenceConfig.model_fields)
 def fuzz(max_examples: int = 100) -> settings:
-    return settings(max_examples=max_examples, deadline=None, suppress_health_check=list(HealthCheck),
-                    derandomize=True, database=None)
+    # derandomized or exploring as the profile in conftest says (HYPOTHESIS_EXPLORE)
+    return settings(max_examples=max_examples, deadline=None, suppress_health_check=list(HealthCheck))
 
 # --- JSON-like values ---------------------------------------------------------------------------------------------
 

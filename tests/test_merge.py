@@ -1,7 +1,10 @@
 """Merging speaker turns with ASR segments and words: hand-made cases and properties."""
 
+import math
+import random
 import time
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -63,6 +66,44 @@ def test_merge_properties(raw_turns, raw_spans, by_word):
     assert starts == sorted(starts)
     for a, b in zip(merged, merged[1:]):
         assert a.speaker != b.speaker  # consecutive pieces of one speaker are joined
+
+
+def oracle_accepts(turns, span, label) -> bool:
+    """Brute force over every turn: `label` is the speaker who overlaps `span` most (any of them on an exact tie),
+    or, where no turn overlaps it, the speaker of the nearest turn."""
+    start, end = span
+    overlap, gap = {}, {}
+    for t_start, t_end, speaker in turns:
+        overlap[speaker] = overlap.get(speaker, 0.0) + max(0.0, min(end, t_end) - max(start, t_start))
+        gap[speaker] = min(gap.get(speaker, math.inf), max(0.0, t_start - end, start - t_end))
+    if not turns:
+        return label is None
+    if max(overlap.values()) > 0:
+        return label in overlap and overlap[label] >= max(overlap.values()) - 1e-9
+    return label in gap and gap[label] <= min(gap.values()) + 1e-9
+
+
+@given(turns_strategy, st.lists(st.tuples(times, st.floats(0, 5)), min_size=1, max_size=40))
+def test_assignment_equals_a_brute_force_max_overlap_oracle(raw_turns, raw_spans):
+    turns = [(s, s + d, k) for s, d, k in raw_turns]
+    spans = [(s, s + d) for s, d in raw_spans]
+    labels = assign_speakers(turns, spans)
+    assert len(labels) == len(spans)
+    for span, label in zip(spans, labels):
+        assert oracle_accepts(turns, span, label), (span, label, turns)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_assignment_equals_the_oracle_on_random_meetings(seed):
+    """Overlapping turns of 3 speakers and spans of every length: one label for everything, or the first turn
+    that overlaps instead of the one that overlaps most, passes the merge properties above but not this."""
+    rng = random.Random(seed)
+    turns = sorted((t, t + rng.uniform(0.2, 6), f"S{rng.randrange(3)}") for t in (rng.uniform(0, 60) for _ in range(25)))
+    spans = [(t, t + rng.choice([0.0, rng.uniform(0, 0.5), rng.uniform(0, 5)])) for t in
+             (rng.uniform(-5, 70) for _ in range(200))]
+    labels = assign_speakers(turns, spans)
+    wrong = [(span, label) for span, label in zip(spans, labels) if not oracle_accepts(turns, span, label)]
+    assert not wrong, wrong[:5]
 
 
 def test_assignment_stays_near_linear_on_a_long_meeting():

@@ -86,8 +86,9 @@ def test_metrics_parse_and_move_with_a_request(client, wav):
     assert moved("whisper_http_request_seconds_count", route=route) == 2
     assert moved("whisper_audio_seconds_total") == 3.0
     assert moved("whisper_real_time_factor_count") == 1
-    assert moved("whisper_windows_decoded_total") == 1 and moved("whisper_batch_windows_count") == 1
-    assert moved("whisper_batch_windows_bucket", le="1.0") == 1
+    passes = 1 + moved("whisper_fallbacks_total")  # the random model may fail the loop guard: each fallback re-decodes
+    assert moved("whisper_windows_decoded_total") == passes and moved("whisper_batch_windows_count") == passes
+    assert moved("whisper_batch_windows_bucket", le="1.0") == passes
     assert moved("whisper_queue_wait_seconds_count") == 2  # the undecodable upload waited for a worker too
     assert after[("whisper_requests_in_flight", ())] == 0 and after[("whisper_requests_queued", ())] == 0
     assert after[("whisper_model_load_seconds", (("model", "asr"),))] > 0

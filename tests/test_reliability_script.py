@@ -23,10 +23,12 @@ def test_reliability_script_reports_no_crash_and_no_5xx(tmp_path):
     assert fuzz["crashes"] == 0 and fuzz["5xx"] == 0 and fuzz["4xx_without_message"] == 0, fuzz["examples"]
     assert load["requests"] == 8 and load["errors"] == 0
     assert 0 < load["p50_s"] <= load["p95_s"] and load["rss_after_warmup_mib"] > 0
-    assert isinstance(load["rss_growth_pct"], float) and isinstance(load["rss_growth_second_half_pct"], float)
+    # 8 tiny-model requests after warm-up: RSS may move with allocator arenas, not grow with the requests
+    assert abs(load["rss_growth_pct"]) < 20 and abs(load["rss_growth_second_half_pct"]) < 20, load
     assert len(load["rss_after_each_round_mib"]) == 5 and load["rss_after_each_round_mib"][0] == load["rss_after_warmup_mib"]
     assert report["overload"]["503"] >= 1 and report["overload"]["ok"], report["overload"]
-    assert report["graceful_shutdown"]["completed"], report["graceful_shutdown"]
+    shutdown = report["graceful_shutdown"]
+    assert shutdown["in_flight_when_signalled"] and shutdown["completed"], shutdown  # SIGTERM mid-request
     assert "RSS growth %" in run.stdout and "graceful shutdown" in run.stdout
     # issue 15's hostile clients: each scenario ran and held
     slow, cancel, bombs = report["slow_clients"], report["cancellation"], report["bombs"]

@@ -227,6 +227,7 @@ def test_openai_extra_inference_fields_apply(client, wav):
     ({"language": "klingon"}, 422, "language"),
     ({"stream": "true"}, 400, "stream"),
     ({"response_format": "diarized_json"}, 400, "response_format"),  # no DIARIZATION_MODEL here
+    ({"response_format": "rttm"}, 400, "response_format"),
 ])
 def test_openai_bad_fields_name_the_field(client, wav, fields, status, field):
     response = openai(client, wav, **fields)
@@ -249,8 +250,8 @@ def test_diarized_formats_carry_speakers(tiny, wav):
     def two_speakers(transcript):
         half = transcript.duration / 2
         transcript.segments = [Segment(0.0, half, " first"), Segment(half, transcript.duration, " second")]
-        transcript.speakers = merge_speakers([(0.0, half, "SPEAKER_00"), (half, transcript.duration, "SPEAKER_01")],
-                                             transcript.segments)
+        transcript.turns = [(0.0, half, "SPEAKER_00"), (half, transcript.duration, "SPEAKER_01")]
+        transcript.speakers = merge_speakers(transcript.turns, transcript.segments)
         return transcript
 
     diarized = Hooked(tiny, transform=two_speakers)
@@ -263,8 +264,11 @@ def test_diarized_formats_carry_speakers(tiny, wav):
         assert all(s["speaker"] in ("SPEAKER_00", "SPEAKER_01") for s in verbose["segments"])
         subtitles = list(srt.parse(openai(client, wav, response_format="srt").text))
         assert all(s.content.startswith("[SPEAKER_0") for s in subtitles)
-        turned_off = openai(client, wav, response_format="diarized_json", diarization="false")
-        assert turned_off.status_code == 400 and turned_off.json()["error"]["param"] == "response_format"
+        rttm = openai(client, wav, response_format="rttm").text.splitlines()
+        assert [line.split()[7] for line in rttm] == ["SPEAKER_00", "SPEAKER_01"] and rttm[0].startswith("SPEAKER ")
+        for fmt in ("diarized_json", "rttm"):
+            turned_off = openai(client, wav, response_format=fmt, diarization="false")
+            assert turned_off.status_code == 400 and turned_off.json()["error"]["param"] == "response_format"
 
 
 # --- access, limits, failures ------------------------------------------------------------------------------------

@@ -101,16 +101,15 @@ def test_openai_sdk_json_and_text_while_health_answers(live, openai_client):
 
     thread = threading.Thread(target=transcribe)
     thread.start()
-    latencies = []
-    while thread.is_alive():  # inference runs off the event loop: /health answers meanwhile
-        began = time.perf_counter()
-        with urllib.request.urlopen(f"{live}/health", timeout=10) as response:
+    answered_in_flight = 0
+    while thread.is_alive():  # inference runs off the event loop: /health answers while the request holds its place
+        with urllib.request.urlopen(f"{live}/health", timeout=60) as response:
             assert response.status == 200
-        latencies.append(time.perf_counter() - began)
-        time.sleep(0.05)
+            answered_in_flight += json.load(response)["queue"]["held"] >= 1
     thread.join()
     assert isinstance(text["out"], str) and text["out"].strip() == result.text
-    assert len(latencies) >= 3 and max(latencies) < 1.0, latencies
+    # a blocked event loop would answer at most the one /health call that waited for the transcription
+    assert answered_in_flight >= 3, answered_in_flight
 
 
 def _unlabelled(cue_text: str) -> str:

@@ -9,6 +9,7 @@ import torch
 import pytest
 from conftest import MODELS, b64, encode, make_pipeline, tone
 
+from audio import decode_audio
 from config import InferenceConfig
 from errors import RequestError
 
@@ -28,10 +29,30 @@ def test_chunks_are_timestamped_inside_the_audio(tiny, speechlike):
 def test_long_audio_is_cut_into_windows_and_batched(tiny):
     audio = np.concatenate([tone(2.0, freq=300 + 50 * i) for i in range(6)])  # 12 s
     data = encode(audio, 16000, "flac", "flac")
-    out = tiny.handle({"inputs": data, "parameters": {"vad": False, "chunk_length_s": 5, "batch_size": 2}})
-    starts = [c["timestamp"][0] for c in out["chunks"]]
-    assert starts == sorted(starts) and max(c["timestamp"][1] for c in out["chunks"]) <= 12.0
-    assert any(s >= 5.0 for s in starts)  # windows after the first were transcribed and offset
+    passes, forward = [], tiny.asr
+
+    def spy(inputs, **kwargs):
+        passes.append(([x["raw"].copy() for x in inputs], kwargs["batch_size"]))
+        outputs = forward(inputs, **kwargs)
+        # each window's own times, as Whisper gives them, to check the offsets against
+        passes[-1] += ([[c["timestamp"] for c in o["chunks"] if c["text"]] for o in outputs],)
+        return outputs
+
+    tiny.asr = spy
+    try:
+        out = tiny.handle({"inputs": data, "parameters": {"vad": False, "chunk_length_s": 5, "batch_size": 2}})
+    finally:
+        tiny.asr = forward
+    [(windows, batch_size, relative)] = passes  # one request, one pass, at the batch size it asked for
+    assert batch_size == 2 and [len(w) for w in windows] == [80000, 80000, 32000]  # 5 s, 5 s, 2 s
+    decoded = np.concatenate(windows)
+    assert np.abs(decoded - decode_audio(data)).max() == 0  # the windows are the audio, cut, nothing lost
+    # each window's times shifted by its start and kept inside it (random weights run past a window's end)
+    expected = [(min(end, start + s), end if e is None else min(end, start + e))
+                for start, end, times in ((0.0, 5.0, relative[0]), (5.0, 10.0, relative[1]), (10.0, 12.0, relative[2]))
+                for s, e in times]
+    assert [tuple(c["timestamp"]) for c in out["chunks"]] == pytest.approx(expected, abs=1e-3)
+    assert any(c["timestamp"][0] >= 10.0 for c in out["chunks"])
 
 
 def test_word_timestamps(tiny, speechlike):
@@ -47,14 +68,25 @@ def test_silence_gives_an_empty_transcript(tiny):
     assert out["text"] == "" and out["chunks"] == [] and out["duration"] == 4.0
 
 
-@pytest.mark.parametrize("assistant", ["draft", "draft_en"])
-def test_assisted_equals_greedy_token_for_token(tiny_models, speechlike, assistant):
+@pytest.mark.parametrize("assistant, kind, shared_vocab", [
+    ("draft", "DraftWhisper", True),  # distil-large-v3 for large-v3: same vocabulary, full model
+    ("draft_decoder", "WhisperForCausalLM", True),  # distil-whisper's decoder-only kind, fed the main encoder's output
+    ("draft_en", "DraftWhisper", False),  # tiny.en for base: universal assisted generation
+])
+def test_assisted_drafts_and_equals_greedy_token_for_token(tiny_models, speechlike, assistant, kind, shared_vocab):
     pipe = make_pipeline(tiny_models["main"], tiny_models[assistant])
-    shared_vocab = "tokenizer" not in pipe.assistant_kwargs
-    assert shared_vocab == (assistant == "draft")
-    plain = pipe.handle({"inputs": speechlike, "parameters": {"vad": False}})
-    assisted = pipe.handle({"inputs": speechlike, "parameters": {"vad": False, "assisted": True}})
-    assert assisted == plain
+    draft = pipe.assistant_kwargs["assistant_model"]
+    assert type(draft).__name__ == kind and ("tokenizer" not in pipe.assistant_kwargs) == shared_vocab
+    drafted = []
+    hook = draft.register_forward_hook(lambda *args: drafted.append(1))
+    try:
+        plain = pipe.handle({"inputs": speechlike, "parameters": {"vad": False}})
+        assert drafted == []  # plain decoding never runs the assistant
+        assisted = pipe.handle({"inputs": speechlike, "parameters": {"vad": False, "assisted": True}})
+    finally:
+        hook.remove()
+    assert len(drafted) > 1  # the assistant drafted, step by step
+    assert assisted == plain and plain["chunks"]
 
 
 def test_assisted_without_an_assistant_is_a_client_error(tiny_models, speechlike):
@@ -124,11 +156,13 @@ def test_concurrent_requests_share_forward_passes_with_identical_results(tiny_mo
     requests = [{"inputs": encode(tone(2.0 + i, freq=180.0 + 90 * i), 16000, "wav", "pcm_s16le"),
                  "parameters": {"vad": False}} for i in range(4)]
     sequential = [pipe.handle(request) for request in requests]
-    calls, forward = [], pipe.asr
-    pipe.asr = lambda inputs, **kwargs: (calls.append(len(inputs)), forward(inputs, **kwargs))[1]
+    calls, forward = [], pipe.asr  # greedy passes (random weights also fail the loop guard: sampled passes follow)
+    pipe.asr = lambda inputs, **kwargs: (
+        calls.append(len(inputs)) if not kwargs["generate_kwargs"].get("do_sample") else None,
+        forward(inputs, **kwargs))[1]
     with ThreadPoolExecutor(4) as pool:
         concurrent = list(pool.map(pipe.handle, requests))
-    assert concurrent == sequential
+    assert concurrent == sequential  # sampled fallbacks included: each window samples with its own seed
     assert len(calls) < len(requests) and max(calls) > 1  # windows of several requests in one pass
 
 
@@ -203,9 +237,10 @@ def test_requests_with_different_prompts_never_share_a_pass(tiny_models):
 
     class Spy:  # the ASR pipeline, counting each prompt's windows per pass
         def __call__(self, inputs, **kwargs):
-            prompt = tuple(kwargs["generate_kwargs"]["prompt_ids"].tolist())
-            windows[prompt] = windows.get(prompt, 0) + len(inputs)
-            passes.append(prompt)
+            if not kwargs["generate_kwargs"].get("do_sample"):  # the greedy passes (fallbacks follow each)
+                prompt = tuple(kwargs["generate_kwargs"]["prompt_ids"].tolist())
+                windows[prompt] = windows.get(prompt, 0) + len(inputs)
+                passes.append(prompt)
             return forward(inputs, **kwargs)
 
         def __getattr__(self, name):
@@ -282,3 +317,58 @@ def test_drafting_pays_for_large_v3_with_distil_and_not_for_base_with_tiny_en():
     base, tiny_en = (WhisperConfig.from_pretrained(MODELS / name) for name in ("whisper-base", "whisper-tiny.en"))
     large, distil = (WhisperConfig(**ARCHITECTURES[name]) for name in ("large-v3", "distil-large-v3"))
     assert drafting_pays(large, distil) and not drafting_pays(base, tiny_en)
+
+
+def test_concurrent_requests_with_different_parameters_each_get_their_own_decoding(tiny_models):
+    """Word and segment timestamps, two languages, translate, assisted beside plain and two batch sizes at once:
+    every request gets what it gets alone, and every forward pass runs one kind of request at its batch size."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pipe = make_pipeline(tiny_models["main"], tiny_models["draft"], batch_wait_ms=300)
+    variants = [{}, {"return_timestamps": "word"}, {"language": "de"}, {"language": "en"}, {"task": "translate"},
+                {"assisted": True}, {"batch_size": 1}, {"batch_size": 4}, {}, {"return_timestamps": "word"}]
+    requests = [{"inputs": encode(tone(6.0, freq=170.0 + 40 * i), 16000, "wav", "pcm_s16le"),
+                 "parameters": {"vad": False, "chunk_length_s": 3, **variant}} for i, variant in enumerate(variants)]
+    sequential = [pipe.handle(request) for request in requests]
+    passes, forward = [], pipe.asr
+
+    class Spy:  # the ASR pipeline, recording what each pass ran with
+        def __call__(self, inputs, **kwargs):
+            generate = kwargs["generate_kwargs"]
+            passes.append({"windows": len(inputs), "batch_size": kwargs["batch_size"],
+                           "timestamps": kwargs["return_timestamps"], "task": generate.get("task"),
+                           "language": generate.get("language"), "assisted": "assistant_model" in generate})
+            return forward(inputs, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(forward, name)
+
+    pipe.asr = Spy()
+    with ThreadPoolExecutor(len(requests)) as pool:
+        concurrent = list(pool.map(pipe.handle, requests))
+    assert concurrent == sequential
+    kinds: dict[tuple, int] = {}
+    for p in passes:
+        kind = (p["batch_size"], p["timestamps"], p["task"], p["language"], p["assisted"])
+        kinds[kind] = kinds.get(kind, 0) + p["windows"]
+    assert kinds == {  # two 3 s windows a request, each kind at its own batch size
+        (24, True, "transcribe", None, False): 4, (24, "word", "transcribe", None, False): 4,
+        (24, True, "transcribe", "de", False): 2, (24, True, "transcribe", "en", False): 2,
+        (24, True, "translate", None, False): 2, (1, True, "transcribe", None, True): 2,
+        (1, True, "transcribe", None, False): 2, (4, True, "transcribe", None, False): 2}
+    assert len(passes) < sum(kinds.values())  # and requests of one kind still shared passes
+
+
+@pytest.mark.parametrize("task", ["transcribe", "translate"])
+def test_the_task_token_leads_the_decoder_input(tiny, speechlike, task):
+    """The reference path shares the task handling, so compare the decoder's actual prefix with Whisper's tokens."""
+    tokenizer = tiny.asr.tokenizer
+    first_inputs: list[list[int]] = []
+    hook = tiny.asr.model.model.decoder.register_forward_pre_hook(
+        lambda module, args, kwargs: first_inputs.append(kwargs["input_ids"][0].tolist()), with_kwargs=True)
+    try:
+        tiny.handle({"inputs": speechlike, "parameters": {"vad": False, "task": task, "language": "de"}})
+    finally:
+        hook.remove()
+    ids = tokenizer.convert_tokens_to_ids
+    assert max(first_inputs, key=len)[:3] == [ids("<|startoftranscript|>"), ids("<|de|>"), ids(f"<|{task}|>")]

@@ -13,7 +13,8 @@ def test_speech_is_found_and_silence_is_not():
     speech = decode_audio(SAMPLE.read_bytes())
     padded = np.concatenate([np.zeros(16000 * 3, np.float32), speech])
     regions = detector.regions(padded, 30)
-    assert regions and regions[0][0] > 2.5 and regions[-1][1] > 12
+    # the sample's first word starts within 0.5 s and it ends at 10.5 s; Silero pads speech by 0.2 s
+    assert regions and 2.5 < regions[0][0] < 3.5 and 12.5 < regions[-1][1] <= len(padded) / 16000
     assert detector.regions(np.zeros(16000 * 5, np.float32), 30) == []
 
 
@@ -33,10 +34,11 @@ def test_windows_cover_speech_without_overlap_and_respect_the_limit(regions, lim
         assert 0 <= start < end <= duration and end - start <= limit + 1e-3
     for (_, end), (start, _) in zip(windows, windows[1:]):
         assert end <= start + 1e-3
-    for start, end in regions:  # every bit of speech lands in some window
-        mid = min((start + end) / 2, duration)
-        if mid < duration:
-            assert any(ws - 1e-3 <= mid <= we + 1e-3 for ws, we in windows)
+    for start, end in regions:  # every bit of speech lands in some window: the whole region is covered
+        end = min(end, duration)
+        if start < end:
+            covered = sum(max(0.0, min(end, we) - max(start, ws)) for ws, we in windows)
+            assert covered >= end - start - 1e-3 * (1 + len(windows)), (start, end, windows)
 
 
 def test_one_thread_runs_on_one_thread_and_restores_the_count_even_on_error():
