@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+import metrics
 from config import ModelSettings
 from errors import Cancelled, RequestError, empty_is_none, redact
 from speech_pipeline import SpeechPipeline
@@ -64,13 +65,23 @@ class Ticket:
     """A request's place in the queue; freed when its transcription thread ends (or the request does without one)."""
 
     def __init__(self, queue: InferenceQueue):
-        self._queue, self._freed, self.handed_off = queue, False, False
+        self._queue, self._freed, self.handed_off, self.started = queue, False, False, False
+        self.admitted = time.perf_counter()
+        metrics.QUEUED.inc()
+
+    def start(self) -> None:
+        """On the worker thread, as the transcription begins."""
+        self.started = True
+        metrics.QUEUED.dec()
+        metrics.QUEUE_WAIT.observe(time.perf_counter() - self.admitted)
 
     def free(self) -> None:
         with self._queue.lock:
             if not self._freed:
                 self._freed = True
                 self._queue.held -= 1
+                if not self.started:
+                    metrics.QUEUED.dec()
 
 
 class InferenceQueue:
@@ -112,6 +123,7 @@ class Service:
 
     def __init__(self, settings: ServerSettings, pipeline: SpeechPipeline | None):
         self.settings, self.pipeline, self.failed = settings, pipeline, False
+        self.started = int(time.time())  # the `created` of the models /v1/models lists
         self.queue = InferenceQueue(settings.max_concurrent_requests, settings.max_queued_requests)
         self._loading = False
 
@@ -162,8 +174,10 @@ class Service:
 
         def guarded() -> T:
             started = time.perf_counter()
+            ticket.start()
             try:
-                result = job(cancel)
+                with metrics.IN_FLIGHT.track_inprogress():
+                    result = job(cancel)
             except Cancelled:
                 logger.info("%s %s given up after %.2f s: transcription stopped", request.method, request.url.path,
                             time.perf_counter() - started)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -46,10 +47,11 @@ class ModelSettings(BaseSettings):
     _empty_is_none = field_validator("assistant_model", "diarization_model", mode="before")(empty_is_none)
 
     def resolve(self, name: str | None, base: Path) -> str | None:
-        """A relative path that exists under `base` (the handler repo) wins over a hub id of the same name."""
+        """A relative path that exists under `base` (the handler repo), the working directory or the checkout whose
+        venv runs this (setup.sh's .venv, after a non-editable `pip install .`) wins over a hub id of that name."""
         if name is None:
             return None
-        for candidate in (base / name, Path(name).expanduser()):
+        for candidate in (base / name, Path(name).expanduser(), Path(sys.prefix).parent / name):
             if candidate.is_dir():
                 return str(candidate.resolve())
         return name
@@ -101,6 +103,11 @@ class InferenceConfig(BaseModel):
     num_speakers: int | None = Field(None, ge=1, le=100)
     min_speakers: int | None = Field(None, ge=1, le=100)
     max_speakers: int | None = Field(None, ge=1, le=100)
+    known_speaker_names: list[str] | None = Field(None, description=(
+        "names of up to 4 speakers, each with a reference clip in known_speaker_references: a diarized speaker "
+        "whose voice matches one gets its name"))
+    known_speaker_references: list[str] | None = Field(None, description=(
+        "reference clips (1-30 s of one voice), base64 or data: URLs, one per known_speaker_names entry"))
 
     @field_validator("return_timestamps", mode="before")
     @classmethod

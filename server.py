@@ -9,6 +9,7 @@ Models come from the same env vars as the handler (`ModelSettings`); limits and 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
 import threading
@@ -19,16 +20,21 @@ from typing import Annotated, Any, AsyncIterator, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
+from starlette.datastructures import FormData
 from starlette.datastructures import UploadFile as StarletteUpload
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+import metrics
 from admission import BodyLimit, ClientGone, InferenceRoute, ServerSettings, ServiceError, Service, service_of
-from config import InferenceConfig
+from config import InferenceConfig, ModelSettings
 from errors import RequestError, invalid_parameter
-from formats import DIARIZED_FORMATS, ResponseFormat, render
+from formats import DIARIZED_FORMATS, ResponseFormat, SubtitleOptions, render
 from http_protocol import redact_access_log, uvicorn_options
 from realtime import RealtimeSettings, register as register_realtime
 from speech_pipeline import SpeechPipeline
@@ -38,6 +44,11 @@ logger = logging.getLogger(__name__)
 MEDIA_TYPES = {"text": "text/plain", "srt": "application/x-subrip", "vtt": "text/vtt", "rttm": "text/plain"}
 # set from the OpenAI form fields and the route
 _OPENAI_FIELDS = {"task", "language", "prompt", "return_timestamps", "temperature"}
+_KNOWN_SPEAKER_FIELDS = {"known_speaker_names[]": "known_speaker_names",
+                         "known_speaker_references[]": "known_speaker_references"}
+_OPENAI_FORM = {"file", "model", "language", "prompt", "response_format", "temperature", "timestamp_granularities[]",
+                "stream"}  # openai_form's fields
+OPENAI_MODEL_ALIAS = "whisper-1"  # what OpenAI clients send by default; the server's ASR_MODEL answers it
 
 
 # OpenAI's error `type` and `code` for our statuses (its SDK reads them as e.type / e.code)
@@ -195,7 +206,9 @@ def openai_form(
 
 _OPENAI_DESCRIPTION = ("OpenAI-compatible multipart form. Extra form fields named like the Inference Endpoints "
                        "parameters (`vad`, `batch_size`, `num_beams`, `chunk_length_s`, `assisted`, `num_speakers`, "
-                       "...) are applied too.")
+                       "...) are applied too; `known_speaker_names[]` with `known_speaker_references[]` (data: URLs "
+                       "or files) name diarized speakers; `max_line_width`, `max_line_count`, `max_cue_seconds` and "
+                       "`highlight_words` shape `srt` / `vtt`. Other fields are ignored and logged.")
 
 
 @inference.post("/v1/audio/transcriptions", summary="Transcribe (OpenAI-compatible)", description=_OPENAI_DESCRIPTION)
@@ -212,12 +225,16 @@ async def translations(request: Request, form: Annotated[OpenAIRequest, Depends(
 async def _openai(request: Request, form: OpenAIRequest, task: str) -> Response:
     pipeline = service_of(request).ready()
     words = "word" in form.timestamp_granularities
-    extra = {key: value for key, value in (await request.form()).items()
+    fields = await request.form()
+    _log_unknown_fields(fields)
+    extra = {key: value for key, value in fields.items()
              if key in InferenceConfig.model_fields and key not in _OPENAI_FIELDS and isinstance(value, str)}
-    config = InferenceConfig.parse({**extra, "task": task, "return_timestamps": "word" if words else "segment",
-                                    "temperature": form.temperature,
-                                    **({"language": form.language} if form.language else {}),
-                                    **({"prompt": form.prompt} if form.prompt else {})})
+    subtitles = _subtitle_options(fields)
+    config = InferenceConfig.parse({
+        **extra, **await _known_speakers(fields), "task": task,
+        "return_timestamps": "word" if words or subtitles.shaped else "segment", "temperature": form.temperature,
+        **({"language": form.language} if form.language else {}),
+        **({"prompt": form.prompt} if form.prompt else {})})
     if form.response_format in DIARIZED_FORMATS and (pipeline.diarizer is None or not config.diarization):
         raise RequestError(f"response_format {form.response_format} needs diarization: a DIARIZATION_MODEL and "
                            "diarization not turned off", field="response_format")
@@ -225,7 +242,8 @@ async def _openai(request: Request, form: OpenAIRequest, task: str) -> Response:
 
     def job(cancel: threading.Event) -> str | dict[str, Any]:
         transcript, _ = pipeline.transcribe_request({"inputs": data, "parameters": config.model_dump()}, cancel)
-        return render(transcript, form.response_format, task, words, uri=Path(form.file.filename or "audio").stem)
+        return render(transcript, form.response_format, task, words, subtitles,
+                      uri=Path(form.file.filename or "audio").stem)
 
     try:
         if form.stream:
@@ -239,6 +257,68 @@ async def _openai(request: Request, form: OpenAIRequest, task: str) -> Response:
     if isinstance(out, dict):
         return JSONResponse(out)
     return PlainTextResponse(out, media_type=MEDIA_TYPES.get(form.response_format, "text/plain"))
+
+
+def _log_unknown_fields(fields: FormData) -> None:
+    """One log line per request naming the form fields nothing reads (README promises it)."""
+    known = (_OPENAI_FORM | set(InferenceConfig.model_fields) | set(SubtitleOptions.model_fields)
+             | set(_KNOWN_SPEAKER_FIELDS))
+    unknown = sorted({key for key in fields.keys() if key not in known})
+    if unknown:
+        logger.warning("ignoring unknown form fields: %s", ", ".join(unknown)[:500])
+
+
+def _subtitle_options(fields: FormData) -> SubtitleOptions:
+    """srt/vtt shaping from extra form fields (max_line_width, max_line_count, max_cue_seconds, highlight_words)."""
+    try:
+        return SubtitleOptions.model_validate({key: value for key, value in fields.items()
+                                               if key in SubtitleOptions.model_fields and isinstance(value, str)})
+    except ValidationError as error:
+        raise invalid_parameter(error.errors()) from None
+
+
+async def _known_speakers(fields: FormData) -> dict[str, list[str]]:
+    """OpenAI's known_speaker_names[] and known_speaker_references[] (data: URLs, base64 or uploaded files)."""
+    out: dict[str, list[str]] = {}
+    for form_name, parameter in _KNOWN_SPEAKER_FIELDS.items():
+        values = fields.getlist(form_name) + fields.getlist(parameter)
+        if values:
+            out[parameter] = [base64.b64encode(await value.read()).decode()
+                              if isinstance(value, StarletteUpload) else value for value in values]
+    return out
+
+
+def _model_card(model_id: str, created: int) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "self-hosted"}
+
+
+def _model_ids(service: Service) -> list[str]:
+    settings = service.pipeline.settings if service.pipeline is not None else ModelSettings()
+    return [settings.asr_model, OPENAI_MODEL_ALIAS]
+
+
+async def _authorized(request: Request) -> None:
+    """The API key, when one is set, for routes outside the inference queue (/v1/models, /metrics)."""
+    service_of(request).authorize(request.headers.get("authorization"))
+
+
+async def list_models(request: Request) -> JSONResponse:
+    """OpenAI's model list: the server's ASR_MODEL and the alias OpenAI clients send (both served by it)."""
+    service = service_of(request)
+    return JSONResponse({"object": "list", "data": [_model_card(i, service.started) for i in _model_ids(service)]})
+
+
+async def get_model(request: Request, model_id: str) -> JSONResponse:
+    service = service_of(request)
+    if model_id not in _model_ids(service):
+        raise RequestError(f"model {model_id!r} is not served here: GET /v1/models lists the ids", 404, "model_id")
+    return JSONResponse(_model_card(model_id, service.started))
+
+
+async def metrics_route(request: Request) -> Response:
+    """Prometheus text format; needs the API key when API_KEY is set."""
+    body, content_type = metrics.exposition()
+    return Response(body, media_type=content_type)
 
 
 async def health(request: Request) -> JSONResponse:
@@ -267,7 +347,8 @@ def create_app(pipeline: SpeechPipeline | None = None, settings: ServerSettings 
         service.queue.shutdown()
         app.state.realtime.shutdown()
 
-    app = FastAPI(title="Whisper + diarization server", version="1.0", lifespan=lifespan,
+    app = FastAPI(title="Whisper + diarization server", version="1.0", lifespan=lifespan, docs_url=None,
+                  redoc_url=None,
                   description="Speech to text: the Inference Endpoints contract on `POST /`, OpenAI-compatible "
                               "`/v1/audio/transcriptions` and `/v1/audio/translations` (`stream=true`: server-sent "
                               "events), and OpenAI's Realtime transcription sessions on the WebSocket "
@@ -275,6 +356,7 @@ def create_app(pipeline: SpeechPipeline | None = None, settings: ServerSettings 
     app.state.service = service
     app.add_middleware(BodyLimit, max_bytes=service.settings.max_upload_bytes,
                        min_rate=service.settings.upload_min_bytes_per_s, grace_s=service.settings.upload_grace_s)
+    app.add_middleware(metrics.RequestMetrics)  # outermost: answers of the body limit are counted too
     api_key = service.settings.api_key
     redact_access_log(api_key.get_secret_value() if api_key else None)
     app.add_exception_handler(RequestError, _request_error)
@@ -284,9 +366,33 @@ def create_app(pipeline: SpeechPipeline | None = None, settings: ServerSettings 
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_api_route("/health", health, methods=["GET"], summary="Readiness and model info")
+    authorized = [Depends(_authorized), Depends(_bearer)]
+    app.add_api_route("/v1/models", list_models, methods=["GET"], summary="Models (OpenAI-compatible)",
+                      dependencies=authorized)
+    app.add_api_route("/v1/models/{model_id:path}", get_model, methods=["GET"], summary="One model (OpenAI-compatible)",
+                      dependencies=authorized)
+    app.add_api_route("/metrics", metrics_route, methods=["GET"], summary="Prometheus metrics",
+                      dependencies=authorized)
+    _offline_docs(app)
     app.include_router(inference)
     app.state.realtime = register_realtime(app, service, realtime, openai_error)
     return app
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """Swagger UI from the installed swagger-ui-bundle package instead of a CDN: /docs works on an offline host."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    async def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - Swagger UI",
+                                   swagger_js_url=f"{root}/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{root}/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url=f"{root}/docs-assets/favicon-32x32.png")
+
+    app.add_api_route("/docs", docs, methods=["GET"], include_in_schema=False)
 
 
 def main(argv: list[str] | None = None) -> None:

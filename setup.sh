@@ -13,3 +13,4 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 if [ "${1:-}" = "--dev" ]; then "${PIP[@]}" -r requirements-dev.txt; fi
 .venv/bin/python -m scripts.torchaudio_cpu       # CPU torch: torchaudio 2.11 is a CUDA build (see there)
 .venv/bin/python -m scripts.build_models
+"${PIP[@]}" --no-deps --no-build-isolation -e .  # the commands whisper-transcribe and whisper-server

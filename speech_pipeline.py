@@ -17,6 +17,8 @@ WindowCallback = Callable[[int, list["Segment"]], None]
 import numpy as np
 import torch
 
+import known_speakers
+import metrics
 from audio import SAMPLE_RATE, decode_audio, payload_bytes
 from batching import WindowBatcher
 from config import (DEFAULT_ASR_MODEL, DEFAULT_ASSISTANT_MODEL, DEFAULT_DIARIZATION_MODEL, PROJECT_DIR,
@@ -28,6 +30,7 @@ from vad import SpeechDetector, group_windows, max_windows
 from word_timing import refine_words, resolve
 
 logger = logging.getLogger(__name__)
+Progress = Callable[[int, int], None]  # windows decoded so far, windows in all
 CPU_MAX_BATCH = 24  # windows in one forward pass on a CPU, whatever batch_size asks for
 
 # the most new tokens a window may decode per second of its audio, plus a margin for the prompt, task and first
@@ -145,18 +148,24 @@ class SpeechPipeline:
             self.asr = self._load_asr(asr_model, token)
         except Exception as error:  # a start-up failure must say which model, never echo the token
             raise RuntimeError(f"could not load ASR_MODEL {asr_model!r}: {redact(str(error), token)}") from None
+        metrics.MODEL_LOAD_SECONDS.labels("asr").set(time.perf_counter() - started)
         self.whisper = self.asr.model  # the FastWhisper that reports each window's WindowStats
         generation = self.whisper.generation_config
         self.multilingual = bool(getattr(generation, "is_multilingual", True))
         self.lang_to_id: dict[str, int] = dict(getattr(generation, "lang_to_id", None) or {})
+        loading = time.perf_counter()
         self.assistant_kwargs = self._load_assistant(base, token)
+        if self.assistant_kwargs:
+            metrics.MODEL_LOAD_SECONDS.labels("assistant").set(time.perf_counter() - loading)
         self.drafting_pays = bool(self.assistant_kwargs) and drafting_pays(
             self.asr.model.config, self.assistant_kwargs["assistant_model"].config)
         self.detector = SpeechDetector()
         self.diarizer = None
         diarization_model = self._resolve_optional(self.settings.diarization_model, DEFAULT_DIARIZATION_MODEL, base)
         if diarization_model:
+            loading = time.perf_counter()
             self.diarizer = load_diarizer(diarization_model, token, self.device)
+            metrics.MODEL_LOAD_SECONDS.labels("diarization").set(time.perf_counter() - loading)
         # a CPU batch beyond the default gains little speed and costs ~19 MB a window (118 windows: +2.2 GB RSS)
         self.max_batch_size = 256 if self.device.type == "cuda" else CPU_MAX_BATCH
         self._lock = threading.Lock()  # one forward pass at a time: transformers models are not re-entrant
@@ -284,14 +293,20 @@ class SpeechPipeline:
         return self.transcribe(audio, config, cancel, on_window), config
 
     def transcribe(self, audio: np.ndarray, config: InferenceConfig, cancel: threading.Event | None = None,
-                   on_window: WindowCallback | None = None) -> Transcript:
+                   on_window: WindowCallback | None = None, progress: Progress | None = None) -> Transcript:
         """Transcribe 16 kHz mono float32 audio (and diarize it when a diarization model is loaded).
 
         Setting `cancel` (a request's timeout) stops the work at the next check and raises `Cancelled`. With
         `on_window` the first window is decoded alone and the rest in batches of the batch size, in audio order, and
-        each window's segments are handed to it as soon as its batch is out (streaming); the text is the same."""
+        each window's segments are handed to it as soon as its batch is out (streaming); the text is the same.
+        `progress(done, total)` hears of the windows decoded the same way (the CLI's progress bar)."""
         cancel = cancel or threading.Event()
+        started = time.perf_counter()
         generate_kwargs = self.generate_kwargs(config)  # refuses bad options before the VAD runs
+        known = known_speakers.references(config.known_speaker_names, config.known_speaker_references)
+        if known and (self.diarizer is None or not config.diarization):
+            raise RequestError("known_speaker_names needs diarization: a DIARIZATION_MODEL and diarization not "
+                               "turned off", field="known_speaker_names")
         duration = len(audio) / SAMPLE_RATE
         with self._batcher.arriving():
             regions = self.detector.regions(audio, config.chunk_length_s) if config.vad else [(0.0, duration)]
@@ -301,13 +316,19 @@ class SpeechPipeline:
         if assisted:
             generate_kwargs = {**generate_kwargs, **self.assistant_kwargs}
         segments, languages = self._transcribe_windows(audio, windows, config, generate_kwargs, assisted, cancel,
-                                                       on_window)
+                                                       _with_progress(on_window, progress, len(windows)))
         text = "".join(segment.text for segment in segments).strip()
         transcript = Transcript(text=text, segments=segments, duration=duration, language=_majority(languages),
                                 word_timing=resolve(config.word_timing) if config.return_timestamps == "word" else None)
         if self.diarizer is not None and config.diarization:
-            found, transcript.speakers = self.attribute_speakers(audio, config, segments, cancel)
+            found = None
+            if known:
+                with self._diarization_lock:
+                    found = known_speakers.named(self.diarizer, audio, diarize(self.diarizer, audio, config, cancel),
+                                                 known)
+            found, transcript.speakers = self.attribute_speakers(audio, config, segments, cancel, found)
             transcript.turns = found.turns
+        metrics.observe_transcription(duration, time.perf_counter() - started)
         return transcript
 
     def attribute_speakers(self, audio: np.ndarray, config: InferenceConfig, segments: list[Segment],
@@ -339,6 +360,7 @@ class SpeechPipeline:
         for tried in attempts:
             chosen = best_attempt(tried, guard)
             outputs.append({**chosen.output, "attempt": chosen, "fallbacks": len(tried) - 1})
+            metrics.FALLBACKS.inc(len(tried) - 1)
         return outputs
 
     def _decode(self, inputs: list[dict[str, Any]], batch_size: int, options: dict[str, Any],
@@ -351,6 +373,7 @@ class SpeechPipeline:
             generate_kwargs = {key: value for key, value in generate_kwargs.items()
                                if key not in self.assistant_kwargs}
             generate_kwargs.update(do_sample=True, temperature=temperature, num_beams=1)
+        metrics.observe_batch(len(inputs), batch_size)
         model = self.whisper
         model.window_stats = []
         try:  # the ASR pipeline takes its inputs apart: it gets copies, a fallback needs them again
@@ -437,6 +460,20 @@ class _StopWhen:
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         return torch.full((input_ids.shape[0],), self.stop(), dtype=torch.bool, device=input_ids.device)
+
+
+def _with_progress(on_window: WindowCallback | None, progress: Progress | None,
+                   total: int) -> WindowCallback | None:
+    """`on_window`, also telling `progress` how many of `total` windows are decoded."""
+    if progress is None:
+        return on_window
+
+    def report(index: int, segments: list[Segment]) -> None:
+        if on_window is not None:
+            on_window(index, segments)
+        progress(index + 1, total)
+
+    return report
 
 
 def _majority(seconds: dict[str, float]) -> str | None:

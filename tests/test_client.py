@@ -3,6 +3,7 @@
 import base64
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -32,8 +33,16 @@ def server():
             seen.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
                          "body": body})
             status, answer = (200, RESPONSE) if self.path == "/predict" else (400, {"error": "inputs is missing"})
+            headers = {}
+            if self.path.startswith("/waking"):  # /waking/N/RETRY_AFTER: 503 for the first N calls (scaled to zero)
+                _, _, calls, retry_after = self.path.split("/")
+                waking = sum(1 for request in seen if request["path"] == self.path) <= int(calls)
+                status, answer = (503, {"error": "the endpoint is starting"}) if waking else (200, RESPONSE)
+                headers = {"Retry-After": retry_after} if waking and retry_after != "none" else {}
             data = json.dumps(answer).encode()
             self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -149,3 +158,45 @@ def test_missing_file(capsys, tmp_path):
     with pytest.raises(SystemExit):
         client.main([str(tmp_path / "none.wav")])
     assert "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("via", ["requests", "hf"])
+def test_a_waking_endpoint_is_waited_for_as_retry_after_says(server, capsys, via):
+    url, seen = server
+    seen.clear()
+    started = time.monotonic()
+    assert client.main([str(SAMPLE), "--url", f"{url}/waking/2/1", "--via", via, "--max-wait", "10"]) == 0
+    assert 2.0 <= time.monotonic() - started < 8  # two 503s, each with Retry-After: 1
+    captured = capsys.readouterr()
+    assert captured.out.strip() == RESPONSE["text"] and len(seen) == 3
+    assert captured.err.count("HTTP 503 (the endpoint is starting or busy): retrying in 1 s") == 2
+
+
+def test_retries_stop_after_max_wait_with_the_last_answer(server, capsys):
+    url, seen = server
+    seen.clear()
+    assert client.main([str(SAMPLE), "--url", f"{url}/waking/99/1", "--max-wait", "2"]) == 1
+    assert len(seen) == 3
+    err = capsys.readouterr().err
+    assert "HTTP 503" in err and "the endpoint is starting" in err and "after 2 s of retries" in err
+
+
+def test_without_retry_after_the_client_backs_off_within_the_bound():
+    delays, answers = [], iter([client.Retryable(503, None, "x")] * 5)
+
+    def send():
+        error = next(answers, None)
+        if error:
+            raise error
+        return {"text": "ok"}
+
+    assert client.with_retries(send, max_wait=40, sleep=delays.append) == {"text": "ok"}
+    assert delays == [2, 4, 8, 16, 10]  # doubling, cut to what is left of max_wait
+    with pytest.raises(RuntimeError, match="after 40 s of retries"):
+        client.with_retries(lambda: (_ for _ in ()).throw(client.Retryable(429, 60, "busy")), 40, delays.append)
+
+
+def test_retry_after_as_seconds_or_http_date():
+    assert client.retry_after_seconds("7") == 7.0
+    assert client.retry_after_seconds("Wed, 21 Oct 2015 07:28:30 GMT", now=1445412500.0) == 10.0
+    assert client.retry_after_seconds("soon") is None and client.retry_after_seconds(None) is None

@@ -1,8 +1,11 @@
 """SpeechPipeline (the handler's and the server's core) on tiny random Whisper checkpoints, loaded by path through
 the hub-id code path."""
 
+import sys
+
 import numpy as np
 import torch
+
 import pytest
 from conftest import MODELS, b64, encode, make_pipeline, tone
 
@@ -134,6 +137,7 @@ def test_missing_default_model_says_how_to_fix(monkeypatch, tmp_path):
     from speech_pipeline import SpeechPipeline
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / ".venv"))  # nor in a checkout above the venv
     with pytest.raises(RuntimeError, match="setup.sh"):
         SpeechPipeline(ModelSettings(assistant_model="", diarization_model=""), base_dir=tmp_path / "nowhere")
 
