@@ -48,7 +48,7 @@ def diarized():
     """The offline default diarizer, the sample's audio and its anonymous turns."""
     diarizer = load_diarizer(str(MODELS / "diarization"), None, torch.device("cpu"))
     audio = decode_audio(TWO_SPEAKERS.read_bytes())
-    return diarizer, audio, diarize(diarizer, audio, InferenceConfig())
+    return diarizer, audio, diarize(diarizer, audio, InferenceConfig()).turns
 
 
 def _name_of_each_reference_turn(turns) -> list[str]:
@@ -109,4 +109,8 @@ def test_cli_names_the_speakers_in_rttm(clips, tmp_path, monkeypatch):
                  str(tmp_path)]) == 0
     rows = [line.split() for line in (tmp_path / "two_speakers.rttm").read_text().splitlines()]
     assert [row[7] for row in rows] == [NAMES[ref["speaker"]] for ref in REFERENCE]
-    assert all(row[1] == "two_speakers" and abs(float(row[3]) - ref["start"]) < 0.6 for row, ref in zip(rows, REFERENCE))
+    assert all(row[1] == "two_speakers" for row in rows)
+    # each turn starts in the pause before its reference turn or near it (the offline diarizer fills pauses under 1 s)
+    for row, previous, ref in zip(rows[1:], REFERENCE, REFERENCE[1:]):
+        assert previous["end"] - 0.6 < float(row[3]) < ref["start"] + 0.6, (row, previous, ref)
+    assert abs(float(rows[0][3]) - REFERENCE[0]["start"]) < 0.6

@@ -63,3 +63,10 @@ def test_every_command_and_measurement_tool_runs_as_documented():
     for name, run in runs.items():
         out, err = run.communicate(timeout=180)
         assert run.returncode == 0 and "usage:" in out, (name, err[-2000:])
+
+
+def test_the_package_ships_every_top_level_module():
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert sorted(config["tool"]["setuptools"]["py-modules"]) == sorted(TOP_LEVEL)

@@ -122,7 +122,7 @@ def test_subtitle_shaping_form_fields(client, wav, monkeypatch):
 
     words = [Word(i * 0.3, i * 0.3 + 0.25, f" word{i}") for i in range(30)]
     long = Transcript(text="x", segments=[Segment(0.0, 9.0, "".join(w.text for w in words), words)], duration=9.0)
-    monkeypatch.setattr("server.render", lambda transcript, *args: formats.render(long, *args))
+    monkeypatch.setattr("server.render", lambda transcript, *args, **kwargs: formats.render(long, *args, **kwargs))
     plain = list(srt.parse(transcribe(client, wav, response_format="srt").text))
     assert len(plain) == 1 and len(plain[0].content) == 199
     shaped = list(srt.parse(transcribe(client, wav, response_format="srt", max_line_width="32",
