@@ -159,6 +159,7 @@ def summarise_runs(results: list[dict[str, Any]]) -> dict[str, Any]:
             "cpu_seconds": statistics.median(cpu), "cpu_seconds_range": [min(cpu), max(cpu)],
             "peak_rss_mib": max(r["peak_rss_mib"] for r in results), "idle_rss_mib": results[0]["idle_rss_mib"],
             "text": results[0]["text"], "language": results[0]["language"],
+            "fallbacks": results[0].get("fallbacks"),  # ours: windows decoded again by the loop guard
             "texts_differ_between_runs": len({r["text"] for r in results}) > 1}
 
 
