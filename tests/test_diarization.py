@@ -135,7 +135,7 @@ def test_offline_default_recovers_the_turns_of_two_voices(offline_default, hints
 def test_speaker_hints_give_that_many_speakers(offline_default, hints, count):
     """The clip has two voices: hints that disagree must still be obeyed (pyannote's clustering takes them)."""
     audio = decode_audio(TWO_SPEAKERS.read_bytes())
-    turns = diarize(offline_default, audio, InferenceConfig.parse(hints))
+    turns = diarize(offline_default, audio, InferenceConfig.parse(hints)).turns
     assert len({speaker for _, _, speaker in turns}) == count, turns
 
 
