@@ -49,6 +49,10 @@ class GuardedH11Protocol(H11Protocol):
         if self._in_request():
             self._disarm()
 
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        self._disarm()  # the socket now belongs to the WebSocket protocol and its own ping/idle limits
+        super().handle_websocket_upgrade(event)
+
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self._in_request():  # waiting for the next request head (a pipelined one may already run)

@@ -74,27 +74,34 @@ def speechlike() -> bytes:
 
 
 @contextlib.contextmanager
-def serving(app, timeout: float = 30):
-    """`app` on Uvicorn in a thread of this process on 127.0.0.1 (a free port): a real socket for clients that
-    stream (SSE, WebSocket), without loading the models again in a subprocess. Yields the base URL."""
+def serving(app, settings=None, timeout: float = 30):
+    """`app` on Uvicorn in a thread of this process on 127.0.0.1 (a free port), started with the options the
+    server's own start uses (`http_protocol.uvicorn_options`: the guarded protocol and its deadlines): a real socket
+    for clients that stream (SSE, WebSocket) or misbehave, without loading the models again in a subprocess.
+    Yields the base URL."""
     import socket
     import threading
     import time
 
     import uvicorn
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    from admission import ServerSettings
+    from http_protocol import uvicorn_options
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="info",
+                                           **uvicorn_options(settings or ServerSettings())))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.02)
+    host, port = sock.getsockname()
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://{host}:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout)
+        sock.close()

@@ -72,25 +72,12 @@ class Blocking:
 
 @contextlib.contextmanager
 def serving(app, settings: ServerSettings):
-    """Uvicorn in a thread on a free 127.0.0.1 port, started with the options the server's own start uses."""
-    import uvicorn
+    """The app on a real socket with the server's own protocol options; yields (host, port)."""
+    from urllib.parse import urlsplit
 
-    from http_protocol import uvicorn_options
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="info", **uvicorn_options(settings)))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    try:
-        yield sock.getsockname()
-    finally:
-        server.should_exit = True
-        thread.join(20)
-        sock.close()
+    with conftest_serving(app, settings) as url:
+        parts = urlsplit(url)
+        yield parts.hostname, parts.port
 
 
 def read_until_closed(conn: socket.socket, seconds: float = 10) -> bytes:

@@ -204,6 +204,20 @@ def test_buffer_limit_and_idle_timeout(tiny):
         assert ws.receive()["type"] == "websocket.close"
 
 
+def test_a_session_outlives_the_request_head_deadline(tiny):
+    """The server's own protocol (a deadline for request heads) must not close an upgraded WebSocket: a live session
+    is quiet between utterances for longer than HEADER_TIMEOUT_S."""
+    import websockets.sync.client
+
+    settings = ServerSettings(header_timeout_s=0.3)
+    with serving(create_app(tiny, settings), settings) as url, websockets.sync.client.connect(
+            url.replace("http", "ws") + "/v1/realtime?intent=transcription") as ws:
+        assert json.loads(ws.recv(10))["type"] == "session.created"
+        time.sleep(1.0)
+        ws.send(json.dumps(MANUAL))
+        assert json.loads(ws.recv(10))["type"] == "session.updated"
+
+
 # --- partial deltas: real VAD on real speech, a scripted decoder -----------------------------------------------
 
 class Scripted:
