@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import zlib
@@ -15,7 +16,11 @@ from typing import Any, Callable
 WindowCallback = Callable[[int, list["Segment"]], None]
 
 import numpy as np
-import torch
+
+# OpenMP threads that spin while they wait steal the cores from everything else on the machine (other requests'
+# VAD and diarization, other processes): set before torch loads, the one place every entry point imports it through
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch  # noqa: E402
 
 import known_speakers
 import metrics

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import subprocess
 from pathlib import Path
 
 import av
@@ -74,3 +75,14 @@ def encode(audio: np.ndarray, rate: int, container: str, codec: str, channels: i
 def tone(seconds: float, rate: int = 16000, freq: float = 220.0) -> np.ndarray:
     t = np.arange(int(seconds * rate)) / rate
     return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def stop(process: subprocess.Popen, grace_s: float = 20) -> None:
+    """Terminate a server subprocess; kill it if it has not exited within `grace_s`."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)

@@ -80,13 +80,9 @@ class Server:
         raise RuntimeError(f"the server was not ready within {timeout} s")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        from benchmarks.fixtures import stop  # fixtures loads torch, which this client side needs nowhere else
+
+        stop(self.process, 30)
         self.log.close()
 
 

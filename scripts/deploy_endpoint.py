@@ -135,6 +135,8 @@ def create_kwargs(args: argparse.Namespace, token: str | None) -> dict[str, Any]
     env = {"ASR_MODEL": args.asr_model, "ASSISTANT_MODEL": args.assistant_model,
            "DIARIZATION_MODEL": args.diarization_model}
     env = {key: value for key, value in env.items() if value}  # an empty value means "off": leave it unset
+    # the toolkit loads torch before handler.py can set it: spinning OpenMP threads slow every request on a busy CPU
+    env["OMP_WAIT_POLICY"] = "PASSIVE"
     env.update(dict(args.env))
     kwargs: dict[str, Any] = {
         "name": args.name, "repository": args.repository, "revision": args.revision, "namespace": args.namespace,

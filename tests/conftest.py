@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 # tests import these from here
-from benchmarks.fixtures import MODELS, ROOT, encode, tiny_whisper, tiny_whisper_decoder, tone  # noqa: F401
+from benchmarks.fixtures import MODELS, ROOT, encode, stop, tiny_whisper, tiny_whisper_decoder, tone  # noqa: F401
 
 SAMPLE = ROOT / "samples" / "sample.flac"
 SAMPLE_TEXT = (ROOT / "samples" / "sample.txt").read_text().strip()

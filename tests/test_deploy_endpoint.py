@@ -75,7 +75,7 @@ def test_dry_run_prints_the_create_kwargs_with_the_token_masked(capsys):
         "instance_type": "nvidia-l4", "instance_size": "x1", "type": "authenticated",
         "min_replica": 0, "max_replica": 1, "scale_to_zero_timeout": 15,
         "env": {"ASR_MODEL": "openai/whisper-large-v3", "ASSISTANT_MODEL": "distil-whisper/distil-large-v3",
-                "DIARIZATION_MODEL": "pyannote/speaker-diarization-3.1"},
+                "DIARIZATION_MODEL": "pyannote/speaker-diarization-3.1", "OMP_WAIT_POLICY": "PASSIVE"},
         "secrets": {"HF_TOKEN": "hf_***"}, "token": "hf_***",
     }
 
@@ -90,7 +90,8 @@ def test_dry_run_options_map_onto_the_kwargs(capsys):
     printed = json.loads(out)
     kwargs = printed["kwargs"]
     assert printed["wait"] == 99
-    assert kwargs["env"] == {"ASR_MODEL": "openai/whisper-large-v3", "DTYPE": "float16"}  # '' switches a model off
+    # '' switches a model off
+    assert kwargs["env"] == {"ASR_MODEL": "openai/whisper-large-v3", "DTYPE": "float16", "OMP_WAIT_POLICY": "PASSIVE"}
     assert (kwargs["min_replica"], kwargs["max_replica"], kwargs["scale_to_zero_timeout"]) == (1, 3, None)
     assert (kwargs["instance_type"], kwargs["instance_size"], kwargs["region"]) == ("nvidia-a10g", "x2", "eu-west-1")
     assert (kwargs["revision"], kwargs["namespace"], kwargs["type"]) == ("abc", "org", "private")
@@ -127,7 +128,8 @@ def test_the_kwargs_become_the_documented_rest_payload(monkeypatch):
         "framework": "pytorch", "repository": "me/whisper-endpoint", "revision": None, "image": {"huggingface": {}},
         "task": "custom", "env": {"ASR_MODEL": "openai/whisper-large-v3",
                                   "ASSISTANT_MODEL": "distil-whisper/distil-large-v3",
-                                  "DIARIZATION_MODEL": "pyannote/speaker-diarization-3.1"},
+                                  "DIARIZATION_MODEL": "pyannote/speaker-diarization-3.1",
+                                  "OMP_WAIT_POLICY": "PASSIVE"},
         "secrets": {"HF_TOKEN": TOKEN},  # the token travels as a secret, never as a plain env var
     }
     assert payload["provider"] == {"region": "us-east-1", "vendor": "aws"}

@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SAMPLE, SAMPLE_TEXT
+from conftest import ROOT, SAMPLE, SAMPLE_TEXT, stop
 from test_e2e import wer
 
 from scripts import endpoint_env
@@ -151,11 +151,7 @@ def endpoint(venv, toolkit, tmp_path_factory):
             time.sleep(0.5)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
 
 
 def _post(url: str, body: bytes, content_type: str) -> tuple[int, dict]:

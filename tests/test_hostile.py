@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 from conftest import b64, encode, make_pipeline, tone
+from conftest import serving as conftest_serving
 from fastapi.testclient import TestClient
 
 import audio

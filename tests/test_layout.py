@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
+
+import pytest
 
 from conftest import ROOT
 
@@ -44,6 +47,32 @@ def test_formats_the_data_model_and_the_client_import_without_torch():
             "assert 'torch' not in sys.modules and 'speech_pipeline' not in sys.modules, sorted(sys.modules)")
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+# records the OpenMP wait policy in force when torch is first imported (libgomp reads it once, at load)
+TORCH_LOAD_SPY = """
+import importlib, importlib.abc, os, sys
+class Spy(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "torch":
+            print("policy:", os.environ.get("OMP_WAIT_POLICY"))
+            sys.meta_path.remove(self)
+sys.meta_path.insert(0, Spy())
+importlib.import_module(sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("entry", ["handler", "server", "admission", "speech_pipeline"])
+def test_torch_loads_with_openmp_threads_that_sleep_while_they_wait(entry):
+    """Spinning OpenMP threads slow decoding several-fold on a busy CPU (docs/streaming.md): every entry point must
+    load torch with the passive wait policy, and a user's own setting must win."""
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    run = subprocess.run([sys.executable, "-c", TORCH_LOAD_SPY, entry], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert "policy: PASSIVE" in run.stdout, run.stderr[-2000:]
+    mine = subprocess.run([sys.executable, "-c", TORCH_LOAD_SPY, entry], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**env, "OMP_WAIT_POLICY": "ACTIVE"})
+    assert "policy: ACTIVE" in mine.stdout, mine.stderr[-2000:]
 
 
 def test_scripts_hold_product_commands_and_benchmarks_the_measurement_tools():

@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 import srt
 import webvtt
-from conftest import ROOT, SAMPLE, SAMPLE_TEXT
+from conftest import ROOT, SAMPLE, SAMPLE_TEXT, stop
 from test_e2e import wer
 
 pytestmark = pytest.mark.e2e
@@ -38,11 +38,7 @@ def live(tmp_path_factory):
         _wait_until_healthy(url, process)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
         log_text = log_path.read_text(errors="replace")
         assert KEY not in log_text  # the key is never logged
 
