@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
+import functools
 import json
 import logging
 import threading
@@ -52,8 +54,8 @@ class RealtimeSettings(BaseSettings):
     partial_interval_s: float = Field(1.0, ge=0, description="how often a growing utterance is decoded again for "
                                                              "delta events; 0 sends none before completed")
     early_decode_ms: int = Field(0, ge=0, description=(
-        "a pause this long starts the turn's final decode while server VAD waits out silence_duration_ms (dropped "
-        "if the speaker goes on); 0 waits for the end of the turn"))
+        "a pause this long starts the turn's final decode while server VAD waits out silence_duration_ms (its words "
+        "become a partial hypothesis if the speaker goes on); 0 waits for the end of the turn"))
 
 
 class TurnDetection(BaseModel):
@@ -103,7 +105,9 @@ class Item:
     sent: list[str] = field(default_factory=list)
     hypothesis: list[str] | None = None
     partials: asyncio.Task | None = None
-    early: asyncio.Task | None = None  # the final decode, started in the pause that may end the turn
+    # a decode started in a pause: the final if the pause ends the turn, a partial hypothesis if the speaker goes on
+    early: asyncio.Task | None = None
+    early_is_final: bool = False
 
 
 def _id(prefix: str) -> str:
@@ -339,20 +343,22 @@ class Session:
                 continue
             if probability >= turn.threshold:
                 self.silence_from = None
-                if self.speech.early is not None:  # the pause was not the end: the decode is stale
-                    self.speech.early.cancel()
-                    self.speech.early = None
+                if self.speech.early_is_final:  # the pause was not the end: the decode serves as a partial
+                    self.speech.early_is_final = False
+                    self.speech.early.add_done_callback(functools.partial(self._early_as_partial, self.speech))
             elif probability < max(turn.threshold - 0.15, 0.01):  # Silero's hysteresis
                 self.silence_from = frame_start if self.silence_from is None else self.silence_from
                 if self.vad_at - self.silence_from >= silence:
                     self._end_speech(self.vad_at, stopped=True)
                     continue
                 early = self.settings.early_decode_ms * SAMPLE_RATE // 1000
-                if early and self.speech.early is None and self.vad_at - self.silence_from >= min(early, silence // 2):
+                item = self.speech
+                if early and not item.early_is_final and (item.early is None or item.early.done()) and \
+                        self.vad_at - self.silence_from >= min(early, silence // 2):
                     # decode the turn while the rest of the silence confirms its end: completed comes sooner
-                    item = self.speech
-                    item.early = self._spawn(self._first_decode(self.buffer[item.start - self.base:
-                                                                            self.vad_at - self.base].copy()))
+                    item.early = self._spawn(self._decode(self.buffer[item.start - self.base:
+                                                                      self.vad_at - self.base].copy(), partial=True))
+                    item.early_is_final = True
             if (self.vad_at - self.speech.start) / SAMPLE_RATE >= MAX_UTTERANCE_S:
                 self._end_speech(self.vad_at, stopped=True)
                 self._start_speech(self.vad_at)
@@ -399,8 +405,12 @@ class Session:
 
     async def _final(self, item: Item, audio: np.ndarray, previous: asyncio.Task | None) -> None:
         try:
-            # the early decode ends where the pause began: the same words as with the rest of the silence
-            text, error = await (item.early or self._first_decode(audio)), None
+            text, error = None, None
+            if item.early_is_final:  # its audio holds the whole turn and part of the pause: the same words
+                with contextlib.suppress(Cancelled):  # given up for another session's final: decode again
+                    text = await item.early
+            if text is None:
+                text = await self._first_decode(audio)
         except asyncio.CancelledError:
             raise
         except Exception as failure:  # the session goes on; this item reports its failure
@@ -429,20 +439,29 @@ class Session:
             started = time.monotonic()
             end = self.total
             if end - item.start >= SAMPLE_RATE and end - decoded >= SAMPLE_RATE // 2 and \
-                    not self.realtime.finals_pending and self.silence_from is None:
+                    not self.realtime.finals_pending and self.silence_from is None and \
+                    (item.early is None or item.early.done()):
                 try:
                     words = (await self._decode(self.buffer[item.start - self.base:end - self.base].copy(),
                                                 partial=True)).split()
                 except Cancelled:  # given up for a final decode: try again later
                     continue
                 decoded = end
-                # the first hypothesis's last word is likely cut off by the end of the audio
-                stable = words[:-1] if item.hypothesis is None else _common_prefix(item.hypothesis, words)
-                item.hypothesis = words
-                if len(stable) > len(item.sent) and stable[:len(item.sent)] == item.sent:
-                    self._delta(item, (" " if item.sent else "") + " ".join(stable[len(item.sent):]))
-                    item.sent = stable
+                self._hypothesis(item, words)
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+    def _hypothesis(self, item: Item, words: list[str]) -> None:
+        """A partial decode's words: send those the last two decodes agree on."""
+        # the first hypothesis's last word is likely cut off by the end of the audio
+        stable = words[:-1] if item.hypothesis is None else _common_prefix(item.hypothesis, words)
+        item.hypothesis = words
+        if len(stable) > len(item.sent) and stable[:len(item.sent)] == item.sent:
+            self._delta(item, (" " if item.sent else "") + " ".join(stable[len(item.sent):]))
+            item.sent = stable
+
+    def _early_as_partial(self, item: Item, task: asyncio.Task) -> None:
+        if self.speech is item and not task.cancelled() and task.exception() is None:
+            self._hypothesis(item, task.result().split())
 
     def _delta(self, item: Item, text: str) -> None:
         self.send({"type": "conversation.item.input_audio_transcription.delta", "item_id": item.id,

@@ -260,6 +260,64 @@ def test_partial_deltas_arrive_before_speech_stops_and_add_up_to_the_transcript(
     assert scripted.decodes > 3
 
 
+class Recording(Scripted):
+    """Scripted, and the length (samples) of every audio it was asked to decode."""
+
+    def __init__(self, pipeline):
+        super().__init__(pipeline)
+        self.lengths: list[int] = []
+
+    def transcribe(self, audio, config, cancel=None, on_window=None):
+        self.lengths.append(len(audio))
+        return super().transcribe(audio, config, cancel, on_window)
+
+
+def _turns(app, audio: np.ndarray) -> list[dict]:
+    """Streams `audio` at four times real time; returns the events up to the first completed one."""
+    data, step = pcm(audio), 4800  # 100 ms
+    with TestClient(app) as client, connect(client) as ws:
+        ws.receive_json()
+        for start in range(0, len(data), step):
+            ws.send_json(append(data[start:start + step]))
+            time.sleep(0.025)
+        completed, before = until(ws, "conversation.item.input_audio_transcription.completed")
+    return before + [completed]
+
+
+def test_early_decode_is_the_final_when_the_pause_ends_the_turn(tiny):
+    speech = decode_audio(SAMPLE.read_bytes())[:4 * SAMPLE_RATE]
+    audio = np.concatenate([np.zeros(SAMPLE_RATE // 2, np.float32), speech, np.zeros(SAMPLE_RATE, np.float32)])
+    recording = Recording(tiny)
+    events = _turns(create_app(recording, ServerSettings(),
+                               RealtimeSettings(partial_interval_s=0, early_decode_ms=100)), audio)
+    started = next(e for e in events if e["type"] == "input_audio_buffer.speech_started")
+    stopped = next(e for e in events if e["type"] == "input_audio_buffer.speech_stopped")
+    committed = (stopped["audio_end_ms"] - started["audio_start_ms"]) * SAMPLE_RATE // 1000
+    final = recording.lengths[-1]
+    # decoded when the pause began, not after silence_duration_ms (500 ms) confirmed it
+    assert committed - 0.45 * SAMPLE_RATE < final < committed - 0.3 * SAMPLE_RATE, (final, committed)
+    assert all(abs(length - committed) > 0.1 * SAMPLE_RATE for length in recording.lengths)  # no second decode
+    assert events[-1]["transcript"] == " ".join(SAMPLE_TEXT.split()[:int(final / SAMPLE_RATE)])
+
+
+def test_a_pause_that_is_not_the_end_turns_the_early_decode_into_a_partial(tiny):
+    speech = decode_audio(SAMPLE.read_bytes())
+    pause = np.zeros(int(0.3 * SAMPLE_RATE), np.float32)  # under silence_duration_ms: the turn goes on
+    audio = np.concatenate([np.zeros(SAMPLE_RATE // 2, np.float32), speech[:4 * SAMPLE_RATE], pause,
+                            speech[4 * SAMPLE_RATE:8 * SAMPLE_RATE], np.zeros(SAMPLE_RATE, np.float32)])
+    recording = Recording(tiny)
+    events = _turns(create_app(recording, ServerSettings(),
+                               RealtimeSettings(partial_interval_s=0, early_decode_ms=100)), audio)
+    kinds = [event["type"] for event in events]
+    assert kinds.count("input_audio_buffer.speech_started") == 1  # one turn across the short pause
+    stopped = kinds.index("input_audio_buffer.speech_stopped")
+    deltas = [event["delta"] for event in events if event["type"].endswith(".delta")]
+    # no partial decodes (interval 0): text before the turn ended came from the pause's decode
+    assert any(kind.endswith(".delta") for kind in kinds[:stopped]), kinds
+    assert "".join(deltas) == events[-1]["transcript"]
+    assert len(recording.lengths) >= 2 and recording.lengths[-1] > 7 * SAMPLE_RATE  # the final saw the whole turn
+
+
 # --- real speech, real model, a real socket ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
