@@ -53,7 +53,7 @@ class RealtimeSettings(BaseSettings):
     idle_timeout_s: float = Field(60.0, gt=0, description="a session that sends nothing for this long is closed")
     partial_interval_s: float = Field(1.0, ge=0, description="how often a growing utterance is decoded again for "
                                                              "delta events; 0 sends none before completed")
-    early_decode_ms: int = Field(0, ge=0, description=(
+    early_decode_ms: int = Field(200, ge=0, description=(
         "a pause this long starts the turn's final decode while server VAD waits out silence_duration_ms (its words "
         "become a partial hypothesis if the speaker goes on); 0 waits for the end of the turn"))
 

@@ -1,6 +1,6 @@
 """Live transcription latency: N simulated realtime sessions at real-time pace, and SSE's time to first delta.
 
-    python -m benchmarks.bench_realtime [--sessions 1,4] [--utterances 3] [--sse-minutes 5]
+    python -m benchmarks.bench_realtime [--sessions 1,4] [--utterances 3] [--stagger 0] [--sse-minutes 5]
         [--url http://127.0.0.1:8000] [--out benchmarks/results/bench_realtime.json]
 
 Without `--url` it starts `uvicorn server:app` on 127.0.0.1 (a free port) with the offline whisper-base, no
@@ -66,9 +66,11 @@ def pcm24(audio: np.ndarray) -> bytes:
                     for out in resampler.resample(frame) + resampler.resample(None))
 
 
-async def live_session(url: str, audio: np.ndarray, spans: list[tuple[float, float]]) -> list[dict]:
+async def live_session(url: str, audio: np.ndarray, spans: list[tuple[float, float]], delay: float = 0.0
+                       ) -> list[dict]:
     import websockets
 
+    await asyncio.sleep(delay)
     data, step = pcm24(audio), int(24000 * STEP_S) * 2
     sent_at: list[float] = []  # wall time at which the audio up to (i + 1) * STEP_S had been sent
     events: list[tuple[float, dict]] = []
@@ -124,11 +126,11 @@ async def live_session(url: str, audio: np.ndarray, spans: list[tuple[float, flo
     return out
 
 
-def realtime(url: str, sessions: int, utterances: int) -> dict:
+def realtime(url: str, sessions: int, utterances: int, stagger: float = 0.0) -> dict:
     audio, spans = session_audio(utterances)
 
     async def all_sessions() -> list[list[dict]]:
-        return await asyncio.gather(*(live_session(url, audio, spans) for _ in range(sessions)))
+        return await asyncio.gather(*(live_session(url, audio, spans, index * stagger) for index in range(sessions)))
 
     results = [u for session in asyncio.run(all_sessions()) for u in session]
 
@@ -141,7 +143,7 @@ def realtime(url: str, sessions: int, utterances: int) -> dict:
         values = [u[key] for u in results if u.get(key) is not None]
         return [round(min(values), 3), round(max(values), 3)] if values else None
 
-    return {"sessions": sessions, "utterances": results,
+    return {"sessions": sessions, "stagger_s": stagger, "utterances": results,
             "median_completed_after_speech_end_s": median("completed_after_speech_end_s"),
             "range_completed_after_speech_end_s": spread("completed_after_speech_end_s"),
             "median_completed_after_vad_end_s": median("completed_after_vad_end_s"),
@@ -194,6 +196,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--url", help="a running server; default: start one on 127.0.0.1")
     parser.add_argument("--sessions", default="1,4", help="comma-separated concurrent session counts, run in turn")
     parser.add_argument("--utterances", type=int, default=3, help="utterances per session")
+    parser.add_argument("--stagger", type=float, default=0.0,
+                        help="seconds between the sessions' starts (0: all speak and stop at once, the worst case)")
     parser.add_argument("--sse-minutes", type=float, default=5.0, help="0 skips the SSE measure")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
@@ -206,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         report: dict = {"load_average_before": os.getloadavg()[0], "realtime": [], "sse": None}
         for count in [int(x) for x in args.sessions.split(",")]:
-            result = realtime(url, count, args.utterances)
+            result = realtime(url, count, args.utterances, args.stagger)
             report["realtime"].append(result)
             print(json.dumps({k: v for k, v in result.items() if k != "utterances"}))
         if args.sse_minutes > 0:
