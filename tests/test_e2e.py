@@ -1,6 +1,8 @@
 """End to end on the real converted whisper-base (and tiny.en as assistant), offline."""
 
 import re
+import shutil
+import subprocess
 
 import jiwer
 import numpy as np
@@ -135,3 +137,24 @@ def test_a_prompt_steers_the_style_and_keeps_the_words(real, sample_bytes):
         "language": "en", "prompt": "um so uh we recorded this like at noon"}})["text"]
     assert re.search(r"[A-Z.]", plain) and not re.search(r"[A-Z.,]", styled), styled  # lower case, unpunctuated
     assert words(styled) == words(plain) and "noon" not in styled  # the prompt is context, not output
+
+
+GERMAN = "Guten Morgen. Das Wetter ist heute schön. Ich trinke gern Kaffee mit Milch."
+
+
+@pytest.mark.skipif(not shutil.which("espeak-ng"), reason="espeak-ng is not installed")
+def test_translate_turns_german_speech_into_english_and_transcribe_keeps_it_german(real, tmp_path):
+    """espeak-ng German (5 s). whisper-base, fp32, translates it to "Good morning, this is the weather today. I'll
+    drink coffee with milk." and transcribes it to "Guten Morgen, das metert heute schön. Ich bin Kagingcafé mit
+    Milch." The checked words are the ones it gets right."""
+    path = tmp_path / "de.wav"
+    subprocess.run(["espeak-ng", "-v", "de", "-w", str(path), GERMAN], check=True)
+    # one pass a window: the hotter fallback re-decodes (tested apart) cost up to a minute here on a loaded CPU
+    parameters = {"temperature_increment_on_fallback": 0}
+    english = real.handle({"inputs": path.read_bytes(), "parameters": {**parameters, "task": "translate"}})
+    german = real.handle({"inputs": path.read_bytes(), "parameters": parameters})
+    assert english["language"] == german["language"] == "de"  # the spoken language, whatever the task
+    assert {"morning", "weather", "coffee", "milk"} <= set(words(english["text"]).split()), english["text"]
+    assert not {"guten", "morgen", "heute", "milch"} & set(words(english["text"]).split()), english["text"]
+    assert {"guten", "morgen", "heute", "milch"} <= set(words(german["text"]).split()), german["text"]
+    assert not {"morning", "weather", "coffee", "milk"} & set(words(german["text"]).split()), german["text"]
