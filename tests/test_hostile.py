@@ -183,14 +183,24 @@ def test_a_cpu_forward_pass_holds_at_most_the_default_batch(tiny, wav):
 
 def test_slow_uploaders_hold_no_queue_place(tiny, wav):
     settings = ServerSettings(max_concurrent_requests=1, max_queued_requests=1, upload_grace_s=30)
-    with serving(create_app(tiny, settings), settings) as (host, port):
+    app, arrived = create_app(tiny, settings), []
+
+    async def counted(scope, receive, send):  # the app, noting each request that reaches it
+        if scope["type"] == "http":
+            arrived.append(scope["path"])
+        await app(scope, receive, send)
+
+    with serving(counted, settings) as (host, port):
         slow = []
         for _ in range(4):  # more slow uploads than places: each sent headers and a few bytes, then stalls
             conn = socket.create_connection((host, port))
             conn.sendall(b"POST /?vad=false HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\n"
                          b"Content-Length: %d\r\n\r\n" % len(wav) + wav[:10])
             slow.append(conn)
-        time.sleep(0.3)
+        deadline = time.monotonic() + 60  # only a hang guard: all four stalled uploads are in the app, uploading
+        while len(arrived) < 4:
+            assert time.monotonic() < deadline, arrived
+            time.sleep(0.01)
         response = httpx.post(f"http://{host}:{port}/?vad=false", content=wav, headers={"Content-Type": "audio/wav"},
                               timeout=60)
         assert response.status_code == 200, response.text
