@@ -370,18 +370,38 @@ def test_line_wrapped_base64_and_data_uris_with_parameters(wav):
 
 def test_a_disconnect_during_upload_logs_no_error_or_traceback(tiny, wav, caplog):
     settings = ServerSettings()
-    with caplog.at_level(logging.INFO), serving(create_app(tiny, settings), settings) as (host, port):
-        for path in ("/", "/v1/audio/transcriptions"):
+    app, arrived, finished = create_app(tiny, settings), [], []
+
+    async def counted(scope, receive, send):  # the app, noting each request that reaches it and leaves it
+        if scope["type"] == "http":
+            arrived.append(scope["path"])
+        try:
+            await app(scope, receive, send)
+        finally:
+            if scope["type"] == "http":
+                finished.append(scope["path"])
+
+    def until(condition):  # only a hang guard
+        deadline = time.monotonic() + 60
+        while not condition():
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.01)
+
+    with caplog.at_level(logging.INFO), serving(counted, settings) as (host, port):
+        for count, path in enumerate(("/", "/v1/audio/transcriptions"), 1):
             conn = socket.create_connection((host, port))
             kind = b"audio/wav" if path == "/" else b"multipart/form-data; boundary=zz"
+            part = b"" if path == "/" else (b'--zz\r\nContent-Disposition: form-data; name="file"; filename="a.wav"'
+                                            b"\r\nContent-Type: audio/wav\r\n\r\n")
             conn.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\nContent-Length: 100000\r\n\r\n"
-                         % (path.encode(), kind) + b"--zz\r\n" + wav[:1000])
-            time.sleep(0.3)
+                         % (path.encode(), kind) + part + wav[:1000])
+            until(lambda: len(arrived) == count)  # the app is reading its body
             conn.close()
-        time.sleep(0.5)
+            until(lambda: len(finished) == count)  # the app is done with it, whatever it logged
         assert httpx.get(f"http://{host}:{port}/health").status_code == 200
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     assert "Traceback" not in caplog.text
+    assert caplog.text.count("POST /: the client disconnected") == 1, caplog.text  # the contract route's one line
 
 
 # --- 9. each client's error shape --------------------------------------------------------------------------------
