@@ -93,7 +93,6 @@ def pooled_wer(references: list[str], hypotheses: list[str]) -> float:
     return jiwer.wer([words(r) for r in references], [words(h) for h in hypotheses])
 
 
-@pytest.mark.slow  # 65 s of audio in fp32 and in bf16
 def test_bf16_is_no_less_accurate_than_fp32_over_three_clips(real, three_clips, fp32_texts, sample_bytes):
     """The CPU default where bf16 instructions exist. Measured on 2026-11-29 (whisper-base, language en):
     fp32 WER sample 0.074, two speakers 0.094, phone call 0.173, pooled 0.130; bf16 0.000, 0.094, 0.210, pooled

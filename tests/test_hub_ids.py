@@ -60,7 +60,6 @@ print(json.dumps({"asr": pipe.asr.model.name_or_path, "decoder_layers": pipe.asr
 """
 
 
-@pytest.mark.slow  # a subprocess loads three models and diarizes 24 s
 def test_the_deployment_hub_ids_load_from_the_cache_offline(hub_cache, tmp_path):
     env = {**os.environ, "HF_HOME": str(tmp_path / "home"), "HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1",
            "ASR_MODEL": HUB_IDS["asr"], "ASSISTANT_MODEL": HUB_IDS["assistant"],

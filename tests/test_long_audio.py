@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from audio import decode_audio
 from benchmarks.benchmark import normalise_words as words
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow,
+pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(not shutil.which("espeak-ng"), reason="espeak-ng is not installed")]
 
 SENTENCES = ["The library opens early in the morning and closes late in the evening on weekdays.",
