@@ -166,7 +166,8 @@ def test_a_waking_endpoint_is_waited_for_as_retry_after_says(server, capsys, via
     seen.clear()
     started = time.monotonic()
     assert client.main([str(SAMPLE), "--url", f"{url}/waking/2/1", "--via", via, "--max-wait", "10"]) == 0
-    assert 2.0 <= time.monotonic() - started < 8  # two 503s, each with Retry-After: 1
+    # it waited (two 503s, each with Retry-After: 1); no upper bound: a loaded machine only makes it slower
+    assert time.monotonic() - started >= 2.0
     captured = capsys.readouterr()
     assert captured.out.strip() == RESPONSE["text"] and len(seen) == 3
     assert captured.err.count("HTTP 503 (the endpoint is starting or busy): retrying in 1 s") == 2

@@ -1,11 +1,13 @@
 """End to end on the real converted whisper-base (and tiny.en as assistant), offline."""
 
 import re
+import shutil
+import subprocess
 
 import jiwer
 import numpy as np
 import pytest
-from conftest import MODELS, SAMPLE_TEXT, b64, encode, make_pipeline
+from conftest import MODELS, ROOT, SAMPLE_TEXT, b64, encode, make_pipeline
 
 from audio import decode_audio
 
@@ -65,16 +67,54 @@ def test_word_timestamps_follow_the_speech(real, sample_bytes):
     assert starts == sorted(starts) and out["words"][-1]["end"] > 9.0
 
 
-def test_bf16_is_no_less_accurate_than_fp32_on_the_sample(real, sample_bytes):
-    """The CPU default where bf16 instructions exist: its words on the sample are fp32's, or closer to the text
-    (`benchmarks/accuracy.py` compares the two over 24 clips), and its word timestamps follow the speech."""
+@pytest.fixture(scope="module")
+def three_clips() -> dict[str, tuple[bytes, str]]:
+    """The sample, the two-speaker clip and the real phone call (pyannote's sample.wav): audio and reference text."""
+    import json
+
+    from benchmarks.accuracy import phone_call
+
+    samples = ROOT / "samples"
+    turns = json.loads((samples / "two_speakers.json").read_text())["turns"]
+    call, call_text = phone_call()
+    return {"sample": ((samples / "sample.flac").read_bytes(), SAMPLE_TEXT),
+            "two speakers": ((samples / "two_speakers.ogg").read_bytes(), " ".join(t["text"] for t in turns)),
+            "phone call": (encode(call, 16000, "wav", "pcm_s16le"), call_text)}
+
+
+@pytest.fixture(scope="module")
+def fp32_texts(real, three_clips) -> dict[str, str]:
+    """fp32 transcripts of the three clips, English asked for (shared: the phone call's loop test reads one too)."""
+    return {name: real.handle({"inputs": audio, "parameters": {"language": "en"}})["text"]
+            for name, (audio, _) in three_clips.items()}
+
+
+def pooled_wer(references: list[str], hypotheses: list[str]) -> float:
+    return jiwer.wer([words(r) for r in references], [words(h) for h in hypotheses])
+
+
+def test_bf16_is_no_less_accurate_than_fp32_over_three_clips(real, three_clips, fp32_texts, sample_bytes):
+    """The CPU default where bf16 instructions exist. Measured on 2026-11-29 (whisper-base, language en):
+    fp32 WER sample 0.074, two speakers 0.094, phone call 0.173, pooled 0.130; bf16 0.000, 0.094, 0.210, pooled
+    0.137 (bf16 wins the sample's "the weather" and loses words on the call). Tolerance: pooled bf16 within
+    +0.02 of fp32 and no clip more than +0.1 worse (`benchmarks/accuracy.py` compares the two over 24 clips)."""
     import torch
 
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        pytest.skip("this CPU has no bf16 instructions: bf16 is not the default here and would be emulated")
     fast = make_pipeline(MODELS / "whisper-base", dtype="bfloat16")
     assert fast.asr.model.dtype == torch.bfloat16
+    bf16_texts = {name: fast.handle({"inputs": audio, "parameters": {"language": "en"}})["text"]
+                  for name, (audio, _) in three_clips.items()}
+    references = [text for _, text in three_clips.values()]
+    fp32 = pooled_wer(references, list(fp32_texts.values()))
+    bf16 = pooled_wer(references, list(bf16_texts.values()))
+    assert bf16 <= fp32 + 0.02, (fp32, bf16, bf16_texts)
+    for name, (_, reference) in three_clips.items():
+        assert wer(reference, bf16_texts[name]) <= wer(reference, fp32_texts[name]) + 0.1, (name, bf16_texts[name])
+    # and its word timestamps follow fp32's on the sample
     reference = real.handle({"inputs": sample_bytes, "parameters": {"return_timestamps": "word"}})
     out = fast.handle({"inputs": sample_bytes, "parameters": {"return_timestamps": "word"}})
-    assert wer(SAMPLE_TEXT, out["text"]) <= wer(SAMPLE_TEXT, reference["text"]), out["text"]
     assert len(out["words"]) == len(reference["words"])
     assert max(abs(ours["start"] - theirs["start"]) for ours, theirs in zip(out["words"], reference["words"])) < 0.2
 
@@ -86,15 +126,12 @@ def test_silence_and_noise_give_an_empty_transcript(real):
         assert out["text"] == "" and out["chunks"] == []
 
 
-def test_no_hallucinated_repetition_on_a_real_phone_call(real):
+def test_no_hallucinated_repetition_on_a_real_phone_call(three_clips, fp32_texts):
     """pyannote's sample.wav: 30 s of a real two-speaker call, 6.7 s of silence before the first word.
     Plain greedy whisper-base repeats its last 15 s of text here (WER 0.53); the VAD windows must not."""
-    from benchmarks.accuracy import phone_call
-
-    audio, reference = phone_call()
-    out = real.handle({"inputs": encode(audio, 16000, "wav", "pcm_s16le"), "parameters": {"language": "en"}})
-    assert wer(reference, out["text"]) < 0.2, out["text"]
-    assert out["text"].count("originally from Chicago") <= 2  # said twice in the call, no more
+    text = fp32_texts["phone call"]  # the real pipeline's, English asked for
+    assert wer(three_clips["phone call"][1], text) < 0.2, text
+    assert text.count("originally from Chicago") <= 2  # said twice in the call, no more
 
 
 def test_fast_whisper_gives_the_stock_models_outputs(real, sample_bytes):
@@ -135,3 +172,24 @@ def test_a_prompt_steers_the_style_and_keeps_the_words(real, sample_bytes):
         "language": "en", "prompt": "um so uh we recorded this like at noon"}})["text"]
     assert re.search(r"[A-Z.]", plain) and not re.search(r"[A-Z.,]", styled), styled  # lower case, unpunctuated
     assert words(styled) == words(plain) and "noon" not in styled  # the prompt is context, not output
+
+
+GERMAN = "Guten Morgen. Das Wetter ist heute schön. Ich trinke gern Kaffee mit Milch."
+
+
+@pytest.mark.skipif(not shutil.which("espeak-ng"), reason="espeak-ng is not installed")
+def test_translate_turns_german_speech_into_english_and_transcribe_keeps_it_german(real, tmp_path):
+    """espeak-ng German (5 s). whisper-base, fp32, translates it to "Good morning, this is the weather today. I'll
+    drink coffee with milk." and transcribes it to "Guten Morgen, das metert heute schön. Ich bin Kagingcafé mit
+    Milch." The checked words are the ones it gets right."""
+    path = tmp_path / "de.wav"
+    subprocess.run(["espeak-ng", "-v", "de", "-w", str(path), GERMAN], check=True)
+    # one pass a window: the hotter fallback re-decodes (tested apart) cost up to a minute here on a loaded CPU
+    parameters = {"temperature_increment_on_fallback": 0}
+    english = real.handle({"inputs": path.read_bytes(), "parameters": {**parameters, "task": "translate"}})
+    german = real.handle({"inputs": path.read_bytes(), "parameters": parameters})
+    assert english["language"] == german["language"] == "de"  # the spoken language, whatever the task
+    assert {"morning", "weather", "coffee", "milk"} <= set(words(english["text"]).split()), english["text"]
+    assert not {"guten", "morgen", "heute", "milch"} & set(words(english["text"]).split()), english["text"]
+    assert {"guten", "morgen", "heute", "milch"} <= set(words(german["text"]).split()), german["text"]
+    assert not {"morning", "weather", "coffee", "milk"} & set(words(german["text"]).split()), german["text"]

@@ -40,21 +40,26 @@ def hub_cache(tiny_models, tmp_path_factory) -> Path:
     return cache
 
 
+# The speakers the diarizer found are read from its own turns (a spy on the pipeline's diarize call): the response's
+# labels depend on where a random-weight ASR model puts its chunks (one 22 s chunk and empty ones at the clip's end).
 SERVE = """
 import json, sys
+import speech_pipeline
 from handler import EndpointHandler
 handler = EndpointHandler()
 pipe = handler.pipeline
+found = []
+real_diarize = speech_pipeline.diarize
+speech_pipeline.diarize = lambda *args, **kwargs: found.append(real_diarize(*args, **kwargs)) or found[-1]
 out = handler({"inputs": open(sys.argv[1], "rb").read(), "parameters": {"assisted": True, "num_speakers": 2}})
 print(json.dumps({"asr": pipe.asr.model.name_or_path, "decoder_layers": pipe.asr.model.config.decoder_layers,
                   "assistant": pipe.assistant_kwargs["assistant_model"].name_or_path,
                   "shared_vocab": "tokenizer" not in pipe.assistant_kwargs, "diarizer": type(pipe.diarizer).__name__,
+                  "turn_speakers": sorted({t[2] for d in found for t in d.turns}),
                   "speakers": sorted({s["speaker"] for s in out["speakers"]}), "text": out["text"]}))
 """
 
 
-@pytest.mark.xfail(reason="passed before merging main b61328a; fails after it, cause not yet investigated",
-                   strict=False)
 def test_the_deployment_hub_ids_load_from_the_cache_offline(hub_cache, tmp_path):
     env = {**os.environ, "HF_HOME": str(tmp_path / "home"), "HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1",
            "ASR_MODEL": HUB_IDS["asr"], "ASSISTANT_MODEL": HUB_IDS["assistant"],
@@ -65,7 +70,9 @@ def test_the_deployment_hub_ids_load_from_the_cache_offline(hub_cache, tmp_path)
     loaded = json.loads(run.stdout.strip().splitlines()[-1])
     assert loaded["asr"] == HUB_IDS["asr"] and loaded["decoder_layers"] == 8  # main_deep's, from the snapshot
     assert loaded["assistant"] == HUB_IDS["assistant"] and loaded["shared_vocab"]
-    assert loaded["diarizer"].endswith("SpeakerDiarization") and loaded["speakers"] == ["SPEAKER_00", "SPEAKER_01"]
+    assert loaded["diarizer"].endswith("SpeakerDiarization")
+    assert loaded["turn_speakers"] == ["SPEAKER_00", "SPEAKER_01"]  # the snapshot's pipeline heard both speakers
+    assert loaded["speakers"] and set(loaded["speakers"]) <= set(loaded["turn_speakers"])  # and labelled the text
     assert "hf_notarealtoken" not in run.stdout + run.stderr
 
 

@@ -214,10 +214,62 @@ def test_openai_translation_runs_the_translate_task(client, tiny, wav):
     assert translated["text"] == expected.text
 
 
-def test_openai_extra_inference_fields_apply(client, wav):
-    assert openai(client, wav, batch_size="2", num_beams="1", temperature="0").status_code == 200
+def test_openai_extra_inference_fields_apply(client, tiny, wav, monkeypatch):
+    """Extra form fields reach the request's InferenceConfig and the ASR passes run at the batch size sent."""
+    configs, passes, asr, transcribe_request = [], [], tiny.asr, tiny.transcribe_request
+
+    class Spy:  # the ASR pipeline, recording each pass's windows and batch size
+        def __call__(self, inputs, **kwargs):
+            passes.append((len(inputs), kwargs["batch_size"]))
+            return asr(inputs, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(asr, name)
+
+    def spy_request(data, cancel=None):
+        transcript, config = transcribe_request(data, cancel)
+        configs.append(config)
+        return transcript, config
+
+    monkeypatch.setattr(tiny, "asr", Spy())
+    monkeypatch.setattr(tiny, "transcribe_request", spy_request)
+    response = openai(client, wav, batch_size="2", chunk_length_s="1", num_beams="1", temperature="0",
+                      no_speech_threshold="0.5")
+    assert response.status_code == 200, response.text
+    config = configs[-1]
+    assert (config.batch_size, config.chunk_length_s, config.num_beams, config.vad) == (2, 1, 1, False)
+    assert config.no_speech_threshold == 0.5 and config.temperature == 0
+    # 3 s in 1 s windows (VAD off): passes of at most the 2 windows asked for, every window decoded
+    assert passes and all(size == 2 and windows <= 2 for windows, size in passes), passes
+    assert sum(windows for windows, _ in passes) >= 3
     response = openai(client, wav, batch_size="0")
     assert response.status_code == 422 and response.json()["error"]["param"] == "batch_size"
+
+
+def _words(text: str) -> list[str]:
+    import html
+
+    return html.unescape(text.replace("<u>", "").replace("</u>", "")).split()
+
+
+@pytest.mark.parametrize("fields", [{}, {"timestamp_granularities[]": "word"}, {"max_line_width": "12"}])
+def test_every_response_format_carries_the_json_text(client, tiny, wav, fields):
+    """Each format's words, timing lines stripped, are the JSON response's words (subtitles wrapped or not)."""
+    from formats import to_tsv
+
+    text = openai(client, wav, **fields).json()["text"]
+    assert text.split()  # the random model says something on the tone
+    assert _words(openai(client, wav, response_format="text", **fields).text) == text.split()
+    verbose = openai(client, wav, response_format="verbose_json", **fields).json()
+    assert verbose["text"] == text and _words("".join(s["text"] for s in verbose["segments"])) == text.split()
+    cues = list(srt.parse(openai(client, wav, response_format="srt", **fields).text))
+    assert _words(" ".join(cue.content for cue in cues)) == text.split()
+    captions = webvtt.from_string(openai(client, wav, response_format="vtt", **fields).text).captions
+    assert _words(" ".join(caption.text for caption in captions)) == text.split()
+    if "timestamp_granularities[]" in fields:
+        assert [w["word"] for w in verbose["words"]] == text.split()
+    transcript = tiny.transcribe(decode_audio(wav), InferenceConfig.parse(NO_VAD))  # the CLI's tsv, same transcript
+    assert _words(" ".join(row.split("\t", 2)[2] for row in to_tsv(transcript).splitlines()[1:])) == text.split()
 
 
 @pytest.mark.parametrize("fields, status, field", [
