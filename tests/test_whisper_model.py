@@ -185,3 +185,13 @@ def test_int8_is_refused_off_the_cpu():
     assert _device_and_dtype(ModelSettings(device="cpu", dtype="int8")) == (torch.device("cpu"), torch.float32)
     with pytest.raises(RuntimeError, match="CPU only"):
         _device_and_dtype(ModelSettings(device="cuda", dtype="int8"))
+
+
+def test_the_server_reports_int8_for_a_quantized_model(tiny_models):
+    from types import SimpleNamespace
+
+    from admission import Service
+
+    for dtype, shown in (("int8", "int8"), ("float32", "float32")):
+        pipeline = make_pipeline(tiny_models["main"], dtype=dtype)
+        assert Service.model_info(SimpleNamespace(pipeline=pipeline))["dtype"] == shown
