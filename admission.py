@@ -147,7 +147,8 @@ class Service:
                 "assistant_model": settings.assistant_model if pipeline.assistant_kwargs else None,
                 "diarization_model": settings.diarization_model if pipeline.diarizer is not None else None,
                 "multilingual": pipeline.multilingual, "device": str(pipeline.device),
-                "dtype": str(pipeline.dtype).removeprefix("torch."), "max_audio_seconds": settings.max_audio_seconds}
+                "dtype": "int8" if getattr(getattr(pipeline, "whisper", None), "quantized", False)  # fp32 loaded, then int8
+                else str(pipeline.dtype).removeprefix("torch."), "max_audio_seconds": settings.max_audio_seconds}
 
     def authorize(self, header: str | None) -> None:
         if self.settings.api_key is None:

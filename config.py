@@ -34,9 +34,12 @@ class ModelSettings(BaseSettings):
     )
     hf_token: SecretStr | None = Field(None, description="token for gated/private hub models")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+    dtype: Literal["auto", "float32", "float16", "bfloat16", "int8"] = Field(
         "auto", description="auto: fp16 on GPU; on CPU bf16 where it has bf16 instructions (AVX512-BF16, AMX), "
-                            "else fp32")
+                            "else fp32; int8: the ASR model's Linear layers dynamically quantized (CPU only)")
+    decode_threads: int = Field(
+        1, ge=0, le=256, description="torch threads for Whisper's decoding steps on CPU (the encoder uses all); "
+                                     "0: as many as the encoder")
     max_audio_seconds: float = Field(4 * 3600, gt=0, description="longer audio is refused with 413")
     batch_wait_ms: float = Field(20, ge=0, le=1000, description="how long concurrent requests wait to share a batch")
 

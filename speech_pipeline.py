@@ -127,6 +127,10 @@ def drafting_pays(main: Any, assistant: Any) -> bool:
 def _device_and_dtype(settings: ModelSettings) -> tuple[torch.device, torch.dtype]:
     device = torch.device("cuda" if settings.device == "auto" and torch.cuda.is_available() else
                           "cpu" if settings.device == "auto" else settings.device)
+    if settings.dtype == "int8":  # fp32 weights, quantized once loaded (`whisper_model.quantize_int8`)
+        if device.type != "cpu":
+            raise RuntimeError(f"DTYPE=int8 runs on the CPU only, not on {device}: use float16 there")
+        return device, torch.float32
     if settings.dtype != "auto":
         return device, getattr(torch, settings.dtype)
     if device.type == "cuda":
@@ -155,6 +159,7 @@ class SpeechPipeline:
             raise RuntimeError(f"could not load ASR_MODEL {asr_model!r}: {redact(str(error), token)}") from None
         metrics.MODEL_LOAD_SECONDS.labels("asr").set(time.perf_counter() - started)
         self.whisper = self.asr.model  # the FastWhisper that reports each window's WindowStats
+        self.whisper.decode_threads = self.settings.decode_threads or None
         generation = self.whisper.generation_config
         self.multilingual = bool(getattr(generation, "is_multilingual", True))
         self.lang_to_id: dict[str, int] = dict(getattr(generation, "lang_to_id", None) or {})
@@ -179,18 +184,20 @@ class SpeechPipeline:
         self._batcher = WindowBatcher(self._forward, wait_s=wait_s,
                                       arrival_wait_s=self.settings.batch_arrival_wait_ms / 1000 if wait_s else 0.0)
         logger.info("loaded %s on %s/%s in %.1f s (assistant: %s, drafting pays: %s, diarization: %s)", asr_model,
-                    self.device, self.dtype, time.perf_counter() - started, bool(self.assistant_kwargs),
-                    self.drafting_pays, bool(self.diarizer))
+                    self.device, "int8" if self.whisper.quantized else self.dtype, time.perf_counter() - started,
+                    bool(self.assistant_kwargs), self.drafting_pays, bool(self.diarizer))
 
     def _load_asr(self, name: str, token: str | None) -> Any:
         from transformers import AutoConfig, AutoFeatureExtractor, AutoTokenizer, pipeline
 
-        from whisper_model import ATTENTION, FastWhisper
+        from whisper_model import ATTENTION, FastWhisper, quantize_int8
 
         model_type = AutoConfig.from_pretrained(name, token=token).model_type
         if model_type != "whisper":
             raise ValueError(f"it is a {model_type!r} model; this service runs Whisper checkpoints")
         model = FastWhisper.from_pretrained(name, dtype=self.dtype, token=token, attn_implementation=ATTENTION)
+        if self.settings.dtype == "int8":
+            quantize_int8(model)
         return pipeline("automatic-speech-recognition", model=model.eval(), device=self.device,
                         tokenizer=AutoTokenizer.from_pretrained(name, token=token),
                         feature_extractor=AutoFeatureExtractor.from_pretrained(name, token=token))

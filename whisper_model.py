@@ -3,7 +3,9 @@
 What it changes and why: transformers' `generate()` runs the encoder twice when it has to detect the language;
 fp32 decoding steps are dominated by products of a few rows with weights streamed from memory, which MKL does
 faster in the transposed layout; the suppress-token mask was rebuilt every step; word timestamps left the model
-on eager attention for good; and torch's CPU SDPA kernel is slow for one bf16 query over the encoder frames.
+on eager attention for good; torch's CPU SDPA kernel is slow for one bf16 query over the encoder frames; and a
+decoding step's hundreds of tiny ops, split over two OpenMP threads, each wait for the slower thread, which on a
+shared CPU is often descheduled (`decode_threads`).
 The measured effect of each: docs/benchmarks.md, "What made it faster".
 
 It also reports, per window, what the loop guard of the pipeline needs (`WindowStats`: detected language,
@@ -12,10 +14,12 @@ no-speech probability, average log-probability, tokens) and stops a window at it
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import warnings
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -84,6 +88,38 @@ class LogitsHead(nn.Module):
         return cpu_linear(hidden, self.weight)
 
 
+class QuantizedLogitsHead(nn.Module):
+    """`proj_out` as a dynamically quantized int8 Linear (per-row weight scales): the vocabulary matrix is the
+    largest weight a decoding step reads (51865 x 512), and its int8 product with VNNI is several times faster."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        head = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        head.weight = nn.Parameter(weight.detach().float(), requires_grad=False)
+        head.qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+        self.linear = torch.ao.nn.quantized.dynamic.Linear.from_float(head)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.linear(hidden)
+
+
+def quantize_int8(model: "FastWhisper") -> "FastWhisper":
+    """Every Linear of an fp32 FastWhisper (encoder, decoder, logits head) as a dynamically quantized int8 Linear
+    (int8 weights with per-row scales, activations quantized per call), in place; CPU only."""
+    if model.dtype != torch.float32 or model.device.type != "cpu":
+        raise ValueError("int8 quantization takes an fp32 model on the CPU")
+    for module in model.model.decoder.modules():
+        if type(module) is DecodeLinear:
+            module.__class__ = nn.Linear  # quantize_dynamic swaps exact nn.Linear types only
+    with warnings.catch_warnings():  # torch.ao's notices that torchao replaces it: a log line per start-up, no action
+        warnings.simplefilter("ignore")
+        torch.ao.quantization.quantize_dynamic(
+            model.model, {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}, dtype=torch.qint8,
+            inplace=True)
+        model.proj_out = QuantizedLogitsHead(model.proj_out.weight)
+    return model
+
+
 class CachedSuppressTokens(SuppressTokensLogitsProcessor):
     """The same rule, its vocabulary mask built once: `torch.isin` over 51k tokens cost about 1 ms every step."""
 
@@ -102,6 +138,20 @@ def _cached(processors: Any) -> Any:
             cached.__dict__.update(processor.__dict__)
             processors[index] = cached
     return processors
+
+
+@contextlib.contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """Torch (OpenMP) on `count` threads in the calling thread for the block; None or 0 leaves it as it is."""
+    before = torch.get_num_threads()
+    if not count or count == before:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 FRAMES_PER_SECOND = 100  # log-mel frames per second of audio (10 ms hop)
@@ -213,6 +263,8 @@ class FastWhisper(WhisperForConditionalGeneration):
         self._no_speech: torch.Tensor | None = None  # this generate() call's no-speech probabilities
         self._languages: list[str | None] = []
         self.window_stats: list[WindowStats] | None = None  # a list here collects every window's WindowStats
+        self.decode_threads: int | None = None  # torch threads for the decoding steps on CPU (None: torch's count)
+        self._encode_threads = 0  # torch's thread count when this generate() call began: the encoder's
         encoder = self.get_encoder()
         encoder.forward = self._encode_once(encoder.forward)
 
@@ -221,6 +273,11 @@ class FastWhisper(WhisperForConditionalGeneration):
 
     def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
         self.proj_out = LogitsHead(new_embeddings.weight)
+
+    @property
+    def quantized(self) -> bool:
+        """Whether `quantize_int8` made this model's Linear layers int8."""
+        return isinstance(self.proj_out, QuantizedLogitsHead)
 
     def _encode_once(self, forward: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(forward)  # generate() inspects the encoder's signature
@@ -232,7 +289,8 @@ class FastWhisper(WhisperForConditionalGeneration):
                 for features, output in self._encoded:
                     if features.shape == input_features.shape and torch.equal(features, input_features):
                         return output
-            output = forward(input_features, *args, **kwargs)
+            with _threads(self._encode_threads):  # big GEMMs: every thread pays off, also when decoding has fewer
+                output = forward(input_features, *args, **kwargs)
             if cacheable:
                 self._encoded.append((input_features, output))
             return output
@@ -288,6 +346,7 @@ class FastWhisper(WhisperForConditionalGeneration):
         window to `window_stats` when it is a list. `do_sample` with a `temperature` samples per window
         (`_SeededSampling`) when decoding is not beam search or drafted."""
         self._encoded, self._no_speech, self._languages = [], None, []
+        self._encode_threads = torch.get_num_threads()
         attention = self.config._attn_implementation
         meter = None
         if input_features is not None and kwargs.get("num_beams", 1) == 1 and "assistant_model" not in kwargs:
@@ -306,7 +365,8 @@ class FastWhisper(WhisperForConditionalGeneration):
             kwargs["stopping_criteria"] = StoppingCriteriaList([*(kwargs.get("stopping_criteria") or []),
                                                                 _MeterStop(meter)])
         try:
-            output = super().generate(input_features, attention_mask=attention_mask, **kwargs)
+            with _threads(self.decode_threads if self.device.type == "cpu" else None):
+                output = super().generate(input_features, attention_mask=attention_mask, **kwargs)
             if self.window_stats is not None and input_features is not None:
                 rows = input_features.shape[0]
                 no_speech = self._no_speech.tolist() if self._no_speech is not None else [None] * rows
@@ -321,6 +381,7 @@ class FastWhisper(WhisperForConditionalGeneration):
                                                                       meter.bounded))
             return output
         finally:
-            self._encoded, self._meter = None, None  # one model for all threads; they take turns (a lock)
+            # one model for all threads; they take turns (a lock)
+            self._encoded, self._meter, self._encode_threads = None, None, 0
             # word timestamps switch the shared config to eager attention for good: later requests keep SDPA
             self.config._attn_implementation = attention

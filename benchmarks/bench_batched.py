@@ -5,11 +5,12 @@
 
 Clips (16 kHz, quantised once to 16-bit so every engine gets the same samples): `call`, pyannote.audio's 30 s
 phone call (`sample.wav`, with a reference transcript); `meeting`, two AMI tuning clips joined (60 s); `mix`, nine
-AMI clips and the call joined (300 s); `trn00` ... `trn09`, one AMI clip each. Engines, each in a process of its
-own, take turns clip by clip (the order rotates), after one warm-up each: `ours` is our pipeline with the default
-request parameters (DTYPE=auto, VAD, language detected, the loop guard's temperature fallback on, no
-diarization), `ours-fp32` the same with DTYPE=float32; `fw-seq` is faster-whisper's `WhisperModel.transcribe`
-and `fw-batch8` / `fw-batch16` its `BatchedInferencePipeline` at batch 8 / 16, all int8 on the same whisper-base
+AMI clips and the call joined (300 s); `mixN`, the mix repeated to N seconds (`mix3600`: an hour); `trn00` ...
+`trn09`, one AMI clip each. Engines, each in a process of its own, take turns clip by clip (the order rotates),
+after one warm-up each: `ours` is our pipeline with the default request parameters (DTYPE=auto, VAD, language
+detected, the loop guard's temperature fallback on, no diarization), `ours-fp32` / `ours-bf16` / `ours-int8` the
+same with that DTYPE (not run unless named); `fw-seq` is faster-whisper's `WhisperModel.transcribe` and
+`fw-batch8` / `fw-batch16` its `BatchedInferencePipeline` at batch 8 / 16, all int8 on the same whisper-base
 weights, greedy (beam 1, temperature 0), VAD filter on, no conditioning on earlier text. Per engine and clip: the
 median wall time, the median CPU time of its process (less sensitive to other load than wall time), its peak RSS
 during the clip and its RSS when idle after loading; per clip: each ours-engine / fw-engine ratio, and the word
@@ -37,6 +38,7 @@ from benchmarks.benchmark import SETTLE_SECONDS, _load_average, faster_whisper_m
 from benchmarks.real_recordings import AMI, _ours
 
 ENGINES = ("ours", "ours-fp32", "fw-seq", "fw-batch8", "fw-batch16")
+OURS_DTYPES = {"ours": "auto", "ours-fp32": "float32", "ours-bf16": "bfloat16", "ours-int8": "int8"}
 CLIPS = ("call", "meeting", "mix")
 MEETING = ("trn02", "trn03")  # two clips with speech throughout (trn01 has none the VAD finds)
 
@@ -51,6 +53,9 @@ def build_clips(names: list[str], ami: Path = AMI) -> tuple[dict[str, np.ndarray
         made["meeting"] = lambda: np.concatenate([parts[name] for name in MEETING])
         made["mix"] = lambda: np.concatenate([*(parts[name] for name in sorted(parts)[:9]), call])
         made.update({name: (lambda name=name: parts[name]) for name in parts})
+    for name in names:  # `mixN`: the mix repeated and cut to N seconds (the memory of long files)
+        if name.startswith("mix") and name[3:].isdigit() and "mix" in made:
+            made[name] = lambda seconds=int(name[3:]): np.resize(made["mix"](), seconds * SAMPLE_RATE)
     missing = [name for name in names if name not in made]
     if missing:
         raise SystemExit(f"unknown or unavailable clip(s) {', '.join(missing)} (AMI clips read from {ami})")
@@ -100,7 +105,7 @@ def _worker(engine: str, threads: int, connection: Any) -> None:
     """One engine in a process of its own: two engines' thread pools in one process slow each other down."""
     with tempfile.TemporaryDirectory(prefix="ct2-whisper-base-") as tmp:
         if engine.startswith("ours"):
-            run = _ours("float32" if engine == "ours-fp32" else "auto", threads)
+            run = _ours(OURS_DTYPES[engine], threads)
         else:
             run = faster_whisper_engine(engine, faster_whisper_model_dir(Path(tmp)), threads)
         connection.send("ready")
@@ -207,16 +212,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_batched", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, of {', '.join(ENGINES)}")
-    parser.add_argument("--clips", default=",".join(CLIPS), help="comma-separated: call, meeting, mix, trn00 ... trn09")
+    parser.add_argument("--clips", default=",".join(CLIPS),
+                        help="comma-separated: call, meeting, mix, mixN (N seconds), trn00 ... trn09")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per engine and clip (median)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads per engine")
     parser.add_argument("--ami", type=Path, default=AMI, help="folder of the AMI clips (trn*.wav)")
     parser.add_argument("--out", type=Path, help="write the report as JSON")
     args = parser.parse_args(argv)
     engines = [engine for engine in args.engines.split(",") if engine]
-    unknown = [engine for engine in engines if engine not in ENGINES and not engine.startswith("fw-batch")]
+    unknown = [engine for engine in engines
+               if engine not in ENGINES and engine not in OURS_DTYPES and not engine.startswith("fw-batch")]
     if unknown or not engines or args.repeats < 1 or args.threads < 1:
-        parser.error(f"engines from {', '.join(ENGINES)} (or fw-batchN); --repeats and --threads >= 1")
+        parser.error(f"engines from {', '.join([*ENGINES, *OURS_DTYPES])} (or fw-batchN); "
+                     "--repeats and --threads >= 1")
     audio, reference = build_clips([name for name in args.clips.split(",") if name], args.ami)
     report: dict[str, Any] = {"machine": machine_info(), "threads": args.threads, "repeats": args.repeats,
                               "engines": engines, "load_average_start": _load_average()}

@@ -22,7 +22,7 @@ def ami(tmp_path):
 
 
 def test_clips_are_the_call_and_joins_of_the_ami_clips_through_16_bit(ami):
-    clips, reference = bench_batched.build_clips(["call", "meeting", "mix", "trn04"], ami)
+    clips, reference = bench_batched.build_clips(["call", "meeting", "mix", "trn04", "mix50"], ami)
     call = phone_call()[0]
     assert reference.split()[:2] and len(clips["call"]) == len(call)
     assert np.abs(clips["call"] - call).max() <= 1 / 32767 + 1e-6  # quantised once, like a 16-bit upload
@@ -31,6 +31,8 @@ def test_clips_are_the_call_and_joins_of_the_ami_clips_through_16_bit(ami):
     assert same(clips["meeting"], np.concatenate([part["trn02"], part["trn03"]]))
     assert len(clips["mix"]) == 9 * 16000 + len(call) and same(clips["mix"][4 * 16000:5 * 16000], part["trn04"])
     assert same(clips["mix"][9 * 16000:], call) and same(clips["trn04"], part["trn04"])
+    looped = len(clips["mix50"]) - len(clips["mix"])  # the mix again from its start, cut at 50 s
+    assert len(clips["mix50"]) == 50 * 16000 and same(clips["mix50"][-looped:], clips["mix"][:looped])
     with pytest.raises(SystemExit, match="nope"):
         bench_batched.build_clips(["nope"], ami)
 

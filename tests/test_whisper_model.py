@@ -134,3 +134,64 @@ def test_cached_suppress_tokens_equals_the_stock_processor_and_is_used():
     for _ in range(2):  # the second call uses the cached mask
         scores = torch.randn(3, 1000)
         assert torch.equal(processors[0](None, scores.clone()), stock(None, scores.clone()))
+
+
+def test_decoding_steps_run_on_decode_threads_and_the_encoder_on_all(tiny_models):
+    """DECODE_THREADS=1 (the default): the encoder's GEMMs take every torch thread, each decoding step one, and the
+    caller's thread count is back afterwards; 0 leaves every step on torch's count."""
+    pipeline = make_pipeline(tiny_models["main"])
+    model = pipeline.asr.model
+    assert model.decode_threads == 1
+    assert make_pipeline(tiny_models["main"], decode_threads=0).whisper.decode_threads is None
+    seen: dict[str, list[int]] = {"encoder": [], "decoder": []}
+    hooks = [module.register_forward_hook(lambda *args, part=part: seen[part].append(torch.get_num_threads()))
+             for part, module in (("encoder", model.get_encoder().conv1), ("decoder", model.model.decoder.layers[0]))]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode():
+            model.generate(torch.randn(2, 80, 3000), task="transcribe")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+        for hook in hooks:
+            hook.remove()
+    assert seen["encoder"] == [2] and len(seen["decoder"]) > 1 and set(seen["decoder"]) == {1}
+
+
+def test_int8_quantizes_every_linear_layer_and_keeps_the_logits_close(tiny_models):
+    """DTYPE=int8: every Linear of the encoder, the decoder and the logits head is a dynamically quantized int8
+    Linear (no float Linear left), and the int8 model's logits stay near fp32's."""
+    from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear
+
+    from whisper_model import QuantizedLogitsHead
+
+    fp32, int8 = (make_pipeline(tiny_models["main"], dtype=dtype).asr.model for dtype in ("float32", "int8"))
+    assert int8.quantized and not fp32.quantized and isinstance(int8.proj_out, QuantizedLogitsHead)
+    linears = [m for m in int8.modules() if isinstance(m, (torch.nn.Linear, QuantizedLinear))]
+    assert len(linears) == len([m for m in fp32.modules() if isinstance(m, torch.nn.Linear)]) + 1  # + the head's
+    assert all(type(m) is QuantizedLinear for m in linears)
+    torch.manual_seed(0)
+    features, start = torch.randn(2, 80, 3000), torch.full((2, 3), 50258)
+    with torch.inference_mode():
+        ours, theirs = (m(input_features=features, decoder_input_ids=start).logits for m in (int8, fp32))
+    assert ours.dtype == torch.float32 and (ours - theirs).abs().max() < 0.05 * theirs.abs().max()
+
+
+def test_int8_is_refused_off_the_cpu():
+    from config import ModelSettings
+    from speech_pipeline import _device_and_dtype
+
+    assert _device_and_dtype(ModelSettings(device="cpu", dtype="int8")) == (torch.device("cpu"), torch.float32)
+    with pytest.raises(RuntimeError, match="CPU only"):
+        _device_and_dtype(ModelSettings(device="cuda", dtype="int8"))
+
+
+def test_the_server_reports_int8_for_a_quantized_model(tiny_models):
+    from types import SimpleNamespace
+
+    from admission import Service
+
+    for dtype, shown in (("int8", "int8"), ("float32", "float32")):
+        pipeline = make_pipeline(tiny_models["main"], dtype=dtype)
+        assert Service.model_info(SimpleNamespace(pipeline=pipeline))["dtype"] == shown
