@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import threading
@@ -86,6 +87,22 @@ class Attempt:
             or (guard.logprob_threshold is not None and self.avg_logprob is not None
                 and self.avg_logprob < guard.logprob_threshold))
 
+    def repeats_real_speech(self, sampled: "Attempt", guard: Guard) -> bool:
+        """This greedy attempt failed on compression alone, and a sampled one says the same words again: speech
+        that repeats itself (a greedy loop rarely survives sampling, and the hotter attempts that break it
+        drop most of the words)."""
+        likely = guard.logprob_threshold is None or self.avg_logprob is None or \
+            self.avg_logprob >= guard.logprob_threshold
+        if self.temperature != 0 or self.bounded or sampled.bounded or not likely or self.silent(guard) \
+                or not self.fails(guard):
+            return False
+        mine, theirs = _words(self.output["text"]), _words(sampled.output["text"])
+        return len(mine) > 0 and difflib.SequenceMatcher(None, mine, theirs, autojunk=False).ratio() >= 0.9
+
+
+def _words(text: str) -> list[str]:
+    return "".join(c for c in text.lower() if c.isalnum() or c.isspace()).split()
+
 
 def compression_ratio(text: str) -> float:
     """Bytes of the text over bytes of its zlib compression: repetition loops compress well (openai-whisper)."""
@@ -94,16 +111,19 @@ def compression_ratio(text: str) -> float:
 
 
 def best_attempt(attempts: list[Attempt], guard: Guard) -> Attempt:
-    """The first that passes; when none does, the most likely of those neither cut nor repetitive (faster-whisper's
-    choice), else of those not cut, else the least repetitive: a loop is confident, its likelihood high."""
+    """The first that passes; when none does, of those not cut at their bound and likely enough, the one neither
+    repetitive nor less likely (faster-whisper's choice), else the least repetitive. Likelihood comes before
+    repetition: speech that really repeats itself compresses like a loop at every temperature, and the one hot
+    attempt that does not is improbable text missing most of the words."""
     for attempt in attempts:
         if not attempt.fails(guard):
             return attempt
-    threshold = guard.compression_ratio_threshold
+    threshold, floor = guard.compression_ratio_threshold, guard.logprob_threshold
 
     def rank(a: Attempt) -> tuple:
         repetitive = threshold is not None and a.compression_ratio > threshold
-        return (not a.bounded, not repetitive, -a.compression_ratio if repetitive else 0.0,
+        likely = floor is None or a.avg_logprob is None or a.avg_logprob >= floor
+        return (not a.bounded, likely, not repetitive, -a.compression_ratio if repetitive else 0.0,
                 a.avg_logprob if a.avg_logprob is not None else -float("inf"))
 
     return max(attempts, key=rank)
@@ -360,17 +380,20 @@ class SpeechPipeline:
         guard: Guard = options["guard"]
         attempts: list[list[Attempt]] = [[] for _ in inputs]
         pending = list(range(len(inputs)))
+        agreed: set[int] = set()  # windows whose repetitive text a sampled decoding said again: speech, not a loop
         with self._lock, torch.inference_mode():
             for temperature in guard.temperatures:
                 decoded = self._decode([inputs[i] for i in pending], batch_size, options, stop, temperature)
                 for i, attempt in zip(pending, decoded):
                     attempts[i].append(attempt)
-                pending = [i for i, attempt in zip(pending, decoded) if attempt.fails(guard)]
+                    if temperature > 0 and attempts[i][0].repeats_real_speech(attempt, guard):
+                        agreed.add(i)
+                pending = [i for i, attempt in zip(pending, decoded) if attempt.fails(guard) and i not in agreed]
                 if not pending or stop():
                     break
         outputs = []
-        for tried in attempts:
-            chosen = best_attempt(tried, guard)
+        for index, tried in enumerate(attempts):
+            chosen = tried[0] if index in agreed else best_attempt(tried, guard)
             outputs.append({**chosen.output, "attempt": chosen, "fallbacks": len(tried) - 1})
             metrics.FALLBACKS.inc(len(tried) - 1)
         return outputs

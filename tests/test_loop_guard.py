@@ -93,3 +93,61 @@ def test_a_loop_is_bounded_and_decoded_again_hotter_and_a_normal_window_is_uncha
     replaced = guarded.segments[:len(guarded.segments) - len(kept)]
     assert replaced and all(s.temperature > 0 and "yeah yeah" not in s.text for s in replaced)
     assert [(s.start, s.end, s.text, s.temperature) for s in guarded.segments[len(replaced):]] == kept
+
+
+def _attempt(temperature: float, ratio: float, logprob: float, bounded: bool = False, text: str = "x"):
+    from speech_pipeline import Attempt
+
+    return Attempt({"text": text}, temperature, ratio, logprob, 0.0, "en", bounded)
+
+
+def test_speech_that_repeats_itself_keeps_its_likely_text_over_an_improbable_short_one():
+    """The real sample said 2.5 times in one window (measured on whisper-base): every temperature up to 0.8 gives
+    the whole repeated text (compression 3.0-3.1, likely), 1.0 gives one improbable sentence (1.67, -2.0)."""
+    from config import InferenceConfig
+    from speech_pipeline import Guard, best_attempt
+
+    guard = Guard.of(InferenceConfig.parse({}))
+    attempts = [_attempt(0.0, 3.10, -0.20), _attempt(0.2, 3.10, -0.22), _attempt(0.4, 3.10, -0.26),
+                _attempt(0.6, 3.10, -0.42), _attempt(0.8, 3.02, -0.44), _attempt(1.0, 1.67, -2.02)]
+    assert all(attempt.fails(guard) for attempt in attempts)
+    assert best_attempt(attempts, guard).temperature == 0.8  # likely, and the least repetitive of the likely ones
+    # a loop cut at its token bound still loses to any attempt that ended by itself, likely or not
+    cut = [_attempt(0.0, 5.0, -0.1, bounded=True), _attempt(0.2, 1.5, -1.5)]
+    assert best_attempt(cut, guard).temperature == 0.2
+    # and among likely attempts one that is not repetitive wins
+    mixed = [_attempt(0.0, 3.0, -0.3), _attempt(0.2, 2.0, -1.2), _attempt(0.4, 2.6, -0.5)]
+    assert best_attempt(mixed, guard).temperature == 0.4
+
+
+@pytest.mark.e2e
+def test_real_speech_said_three_times_keeps_every_repetition(sample_bytes):
+    """A window holding the same passage 2.5 times compresses like a loop; the guard must not trade it for a hot
+    decode that keeps one sentence (whisper-base fp32 lost 45% of the words of the sample said five times)."""
+    import jiwer
+    from conftest import MODELS, SAMPLE_TEXT, encode
+
+    from audio import SAMPLE_RATE, decode_audio
+
+    speech = decode_audio(sample_bytes)
+    gap = np.zeros(SAMPLE_RATE // 2, np.float32)
+    audio = np.concatenate([speech, gap] * 3)
+    out = make_pipeline(MODELS / "whisper-base").handle({"inputs": encode(audio, SAMPLE_RATE, "wav", "pcm_s16le"),
+                                                          "parameters": {"language": "en"}})
+    normal = lambda text: " ".join("".join(c for c in text.lower() if c.isalnum() or c.isspace()).split())  # noqa: E731
+    assert jiwer.wer(normal(" ".join([SAMPLE_TEXT] * 3)), normal(out["text"])) < 0.15, out["text"]
+
+
+def test_a_sampled_decoding_that_says_the_same_words_settles_a_repetitive_window():
+    from config import InferenceConfig
+    from speech_pipeline import Guard
+
+    guard = Guard.of(InferenceConfig.parse({}))
+    said = "Hello and welcome. This is a test. " * 3
+    greedy = _attempt(0.0, 3.1, -0.2, text=said)
+    assert greedy.repeats_real_speech(_attempt(0.2, 3.1, -0.25, text=said.lower().replace(".", ",")), guard)
+    assert not greedy.repeats_real_speech(_attempt(0.2, 1.5, -0.6, text="Hello and welcome."), guard)  # other words
+    looped = _attempt(0.0, 6.0, -0.1, bounded=True, text="yeah " * 80)
+    assert not looped.repeats_real_speech(_attempt(0.2, 6.0, -0.1, text="yeah " * 80), guard)  # cut at its bound
+    unlikely = _attempt(0.0, 3.1, -1.4, text=said)
+    assert not unlikely.repeats_real_speech(_attempt(0.2, 3.1, -1.3, text=said), guard)
