@@ -370,12 +370,14 @@ def post_hoc(clips: list[dict[str, Any]], hypotheses: list[list[dict]], method: 
     """Whisper's words refined afterwards with `method`, the whole clip as the window (the pipeline refines each
     VAD window): the refinement alone, without another transcription."""
     from transcript import Word
-    from word_timing import refine_words
+    from vad import SpeechDetector
+    from word_timing import refine_words, uses_vad
 
-    out = []
+    detector, out = SpeechDetector(), []
     for clip, words in zip(clips, hypotheses):
+        probabilities = detector.probabilities(clip["audio"]) if uses_vad(method) else None
         refined = refine_words([Word(w["start"], w["end"], w["text"]) for w in words], clip["audio"],
-                               (0.0, len(clip["audio"]) / SAMPLE_RATE), method)
+                               (0.0, len(clip["audio"]) / SAMPLE_RATE), method, probabilities)
         out.append([{"start": w.start, "end": w.end, "text": w.text} for w in refined])
     return out
 
