@@ -22,7 +22,9 @@ turns as the reference speech: words that start where no one speaks for 60 ms, w
 where no one speaks, and overlaps; with the diarization model loaded, the diarization error rate of the word-level
 `speakers` entries, pooled over the AMI clips (pyannote.metrics, no collar, overlap scored, 0-30 s).
 `--cost` times a 5-minute recording (the AMI clips back to back) with segment timestamps, word timestamps as
-Whisper gives them and each refined method, alternating, each configuration once per round (`--rounds`).
+Whisper gives them and each refined method, alternating, each configuration once per round (`--rounds`);
+`--cost-against CHECKOUT` times another checkout's word timestamps in the same rounds (e.g. `git worktree add` of
+the commit before a change), so that before and after are ratios to the same segment runs.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ import io
 import json
 import multiprocessing
 import os
+import subprocess
+import sys
 import time
 import wave
 from pathlib import Path
@@ -164,10 +168,13 @@ def reference_clips(variants: tuple[str, ...] = ("isolated", "run-together")) ->
 
 # -- engines, each in a process of its own ----------------------------------------------------------------------
 
-def _ours(clips: list[np.ndarray], method: str | None, diarize: bool) -> tuple[list[list[dict]], float, list]:
-    """Words per clip, seconds, and (with `diarize`) the diarizer's turns per clip, from our pipeline."""
+def _ours(clips: list[np.ndarray], method: str | None,
+          diarize: bool) -> tuple[list[list[dict]], float, list, dict[str, float]]:
+    """Words per clip, seconds, (with `diarize`) the diarizer's turns per clip, and the seconds of the parts word
+    timing adds or shares (VAD pass, token timestamps from cross-attention DTW, refinement), from our pipeline."""
     import threading
 
+    import speech_pipeline
     from config import InferenceConfig, ModelSettings
     from diarization_utils import diarize as diarize_turns
     from speech_pipeline import SpeechPipeline
@@ -179,16 +186,32 @@ def _ours(clips: list[np.ndarray], method: str | None, diarize: bool) -> tuple[l
         parameters["word_timing"] = method
     config = InferenceConfig.parse(parameters)
     pipeline.transcribe(clips[0][:SAMPLE_RATE * 5], config)  # warm-up: the first batch of a process is slower
+    parts = {"vad_s": 0.0, "token_timestamps_s": 0.0, "refine_s": 0.0}
+    for owner, name, part in ((pipeline.detector, "probabilities", "vad_s"),
+                              (pipeline.whisper, "_extract_token_timestamps", "token_timestamps_s"),
+                              (speech_pipeline, "refine_words", "refine_s")):
+        setattr(owner, name, _timed(getattr(owner, name), parts, part))
     words, turns, started = [], [], time.perf_counter()
     for audio in clips:
         transcript = pipeline.transcribe(audio, config)
         words.append([{"start": w.start, "end": w.end, "text": w.text} for s in transcript.segments for w in s.words])
         if diarize:  # the turns alone, so that every word timing is merged with the same ones
             turns.append(diarize_turns(pipeline.diarizer, audio, config, threading.Event()))
-    return words, time.perf_counter() - started, turns
+    return words, time.perf_counter() - started, turns, {key: round(value, 2) for key, value in parts.items()}
 
 
-def _faster_whisper(clips: list[np.ndarray]) -> tuple[list[list[dict]], float, list]:
+def _timed(function: Any, parts: dict[str, float], part: str) -> Any:
+    """`function`, adding the seconds each call takes to `parts[part]`."""
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            parts[part] += time.perf_counter() - started
+    return timed
+
+
+def _faster_whisper(clips: list[np.ndarray]) -> tuple[list[list[dict]], float, list, dict[str, float]]:
     import tempfile
 
     from faster_whisper import WhisperModel
@@ -202,7 +225,7 @@ def _faster_whisper(clips: list[np.ndarray]) -> tuple[list[list[dict]], float, l
         for audio in clips:
             segments, _ = model.transcribe(audio, language="en", beam_size=1, word_timestamps=True)
             words.append([{"start": w.start, "end": w.end, "text": w.word} for s in segments for w in s.words])
-        return words, time.perf_counter() - started, []
+        return words, time.perf_counter() - started, [], {}
 
 
 def _worker(connection: Any, engine: str, method: str | None, clips: list[np.ndarray], diarize: bool) -> None:
@@ -395,7 +418,7 @@ def reference_benchmark(methods: list[str], faster_whisper: bool, post: list[str
             label, seconds = f"ours (whisper words, then {refined}: post hoc)", 0.0
             hypotheses = post_hoc(clips, whisper_words, refined)
         else:
-            hypotheses, seconds, _ = run_engine(engine, method, [clip["audio"] for clip in clips])
+            hypotheses, seconds, _, _ = run_engine(engine, method, [clip["audio"] for clip in clips])
             if (engine, method) == ("ours", "whisper"):
                 whisper_words = hypotheses
         row: dict[str, Any] = {"seconds": round(seconds, 2)}
@@ -435,7 +458,7 @@ def real_benchmark(methods: list[str], faster_whisper: bool, post: list[str]) ->
             label, seconds, turns = f"ours (whisper words, then {refined}: post hoc)", 0.0, whisper_turns
             hypotheses = post_hoc(clips, whisper_words, refined)
         else:
-            hypotheses, seconds, turns = run_engine(engine, method, [c["audio"] for c in clips],
+            hypotheses, seconds, turns, _ = run_engine(engine, method, [c["audio"] for c in clips],
                                                     diarize=engine == "ours")
             if (engine, method) == ("ours", "whisper"):
                 whisper_words, whisper_turns = hypotheses, turns
@@ -458,18 +481,47 @@ def real_benchmark(methods: list[str], faster_whisper: bool, post: list[str]) ->
     return report
 
 
-def cost_benchmark(methods: list[str], rounds: int) -> dict[str, Any]:
-    recordings = real_recordings()
-    audio = np.concatenate([recordings[name][0] for name in recordings if name.startswith("trn")])
-    configurations = [None] + methods
-    seconds: dict[str, list[float]] = {str(m or "segment"): [] for m in configurations}
+def five_minutes() -> np.ndarray:
+    """The ten 30 s AMI clips back to back: 300 s of meeting speech."""
+    return np.concatenate([audio for name, (audio, _) in real_recordings().items() if name.startswith("trn")])
+
+
+def _seconds_in(checkout: Path, method: str | None) -> float:
+    """`_ours`'s seconds on `five_minutes()` with another checkout's code (this virtual environment), in a process
+    of its own: the code before a change, timed in the same run as the code after it."""
+    code = ("import json; from benchmarks.bench_word_timing import _ours, real_recordings; import numpy as np; "
+            "audio = np.concatenate([a for n, (a, _) in real_recordings().items() if n.startswith('trn')]); "
+            f"print(json.dumps(_ours([audio], {method!r}, False)[1]))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=checkout, capture_output=True, text=True, check=True)
+    return float(done.stdout.split()[-1])
+
+
+def cost_benchmark(methods: list[str], rounds: int, against: Path | None = None) -> dict[str, Any]:
+    """Seconds on `five_minutes()` per configuration, each in a fresh process, the configurations alternating within
+    every round; with `against`, that checkout's word timings run in the same rounds ("before: ...")."""
+    audio = five_minutes()
+    runs: list[tuple[str, Path | None, str | None]] = [("segment", None, None)]
+    for method in methods:
+        runs.append((method, None, method))
+        if against and method != "whisper":
+            runs.append((f"before: {method}", against, method))
+    seconds: dict[str, list[float]] = {label: [] for label, _, _ in runs}
+    load: dict[str, list[float]] = {label: [] for label, _, _ in runs}  # 1-minute load average as each started
+    parts: dict[str, list[dict[str, float]]] = {label: [] for label, checkout, _ in runs if checkout is None}
     for _ in range(rounds):
-        for method in configurations:
-            seconds[str(method or "segment")].append(round(run_engine("ours", method, [audio])[1], 2))
-    base = seconds["segment"]
-    report = {"audio_s": round(len(audio) / SAMPLE_RATE, 1), "seconds": seconds,
-              "ratio_to_segment": {key: [round(t / b, 3) for t, b in zip(times, base)]
-                                   for key, times in seconds.items()}}
+        for label, checkout, method in runs:
+            load[label].append(round(os.getloadavg()[0], 2))
+            if checkout is None:
+                _, took, _, part = run_engine("ours", method, [audio])
+                parts[label].append(part)
+            else:
+                took = _seconds_in(checkout, method)
+            seconds[label].append(round(took, 2))
+            print(f"{label}: {took:.1f} s (load {load[label][-1]}) {parts.get(label, [''])[-1]}", flush=True)
+    report = {"audio_s": round(len(audio) / SAMPLE_RATE, 1), "against": str(against) if against else None,
+              "seconds": seconds, "load_average": load, "parts_s": parts,
+              "ratio_to_segment": {label: [round(t / b, 3) for t, b in zip(times, seconds["segment"])]
+                                   for label, times in seconds.items()}}
     print(f"cost on {report['audio_s']} s: {report}", flush=True)
     return report
 
@@ -484,6 +536,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--real", action="store_true", help="also the recordings without a word reference")
     parser.add_argument("--cost", action="store_true", help="also time a 5-minute recording")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the --cost timing")
+    parser.add_argument("--cost-against", type=Path, metavar="CHECKOUT",
+                        help="also time another checkout of this project in the --cost rounds (the code before)")
     parser.add_argument("--no-reference", action="store_true", help="skip the generated reference")
     parser.add_argument("--write-sample", type=Path, metavar="FLAC",
                         help="write one isolated-word clip (FLAC) and its reference (.json beside it), then stop")
@@ -499,7 +553,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.real:
         report["real"] = real_benchmark(methods, args.faster_whisper, [m for m in args.post_hoc.split(",") if m])
     if args.cost:
-        report["cost"] = cost_benchmark(methods, args.rounds)
+        report["cost"] = cost_benchmark(methods, args.rounds, args.cost_against)
     if args.out:
         args.out.write_text(json.dumps(report, indent=1) + "\n")
     return report
