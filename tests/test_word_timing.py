@@ -185,6 +185,35 @@ def test_the_response_says_how_words_were_timed(tiny_models):
     assert "word_timing" not in pipeline.handle({"inputs": audio, "parameters": {"vad": False}})
 
 
+def _transformers_dtw():
+    """transformers' own `_dynamic_time_warping`, from a fresh copy of its module (word_timing replaces it)."""
+    import importlib.util
+
+    from transformers.models.whisper import generation_whisper
+
+    spec = importlib.util.spec_from_file_location("transformers.models.whisper._original_generation_whisper",
+                                                  generation_whisper.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module._dynamic_time_warping
+
+
+TRANSFORMERS_DTW = _transformers_dtw()
+
+
+@given(st.integers(1, 12), st.integers(1, 40), st.integers(0, 2 ** 32 - 1), st.sampled_from([0, 2, 100]))
+def test_word_timestamps_run_a_vectorized_dtw_with_transformers_result(rows, cols, seed, levels):
+    from transformers.models.whisper import generation_whisper
+
+    from word_timing import dynamic_time_warping
+
+    assert generation_whisper._dynamic_time_warping is dynamic_time_warping
+    rng = np.random.default_rng(seed)
+    matrix = rng.integers(0, levels, (rows, cols)).astype(float) if levels else rng.standard_normal((rows, cols))
+    expected, got = TRANSFORMERS_DTW(matrix), dynamic_time_warping(matrix)  # few levels: ties, the tie rule's cases
+    assert all(np.array_equal(a, b) for a, b in zip(expected, got))
+
+
 # openai-whisper's _ALIGNMENT_HEADS (whisper/__init__.py): base85 gzip of a (decoder layers, heads) boolean mask
 PUBLISHED_HEADS = {"whisper-base": (b"ABzY8KQ!870{>%RzyTQH3`Q^yNP!>##QT-<FaQ7m", 6, 8),
                    "whisper-tiny.en": (b"ABzY8J1N>@0{>%R00Bk>$p{7v037`oCl~+#00", 4, 6)}
