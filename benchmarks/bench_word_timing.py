@@ -293,7 +293,8 @@ def score(clips: list[dict[str, Any]], hypotheses: list[list[dict]]) -> dict[str
         "end_error_ms": {"mean": _ms(ends_a.mean()), "p90": _ms(np.percentile(ends_a, 90)),
                          "signed_mean": _ms(np.mean(ends))},
         "within_50ms": round(float(np.mean(both <= 0.05)), 3), "within_100ms": round(float(np.mean(both <= 0.1)), 3),
-        "start_inside_pause": inside_pause, "pauses": pauses, "pauses_swallowed": swallowed, "overlaps": overlaps,
+        "start_inside_pause": int(inside_pause), "pauses": pauses, "pauses_swallowed": int(swallowed),
+        "overlaps": int(overlaps),  # numpy's sums of booleans are no JSON
     }
 
 
@@ -486,43 +487,54 @@ def five_minutes() -> np.ndarray:
     return np.concatenate([audio for name, (audio, _) in real_recordings().items() if name.startswith("trn")])
 
 
-def _seconds_in(checkout: Path, method: str | None) -> float:
-    """`_ours`'s seconds on `five_minutes()` with another checkout's code (this virtual environment), in a process
-    of its own: the code before a change, timed in the same run as the code after it."""
-    code = ("import json; from benchmarks.bench_word_timing import _ours, real_recordings; import numpy as np; "
-            "audio = np.concatenate([a for n, (a, _) in real_recordings().items() if n.startswith('trn')]); "
-            f"print(json.dumps(_ours([audio], {method!r}, False)[1]))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=checkout, capture_output=True, text=True, check=True)
-    return float(done.stdout.split()[-1])
+_TIME_IN_CHECKOUT = """
+import json, sys, time
+import numpy as np
+import speech_pipeline
+from benchmarks.bench_word_timing import _ours, real_recordings
+calls, transcribe = [], speech_pipeline.SpeechPipeline.transcribe
+def timed(self, *args, **kwargs):
+    wall, cpu = time.perf_counter(), time.process_time()
+    try:
+        return transcribe(self, *args, **kwargs)
+    finally:
+        calls.append((time.perf_counter() - wall, time.process_time() - cpu))
+speech_pipeline.SpeechPipeline.transcribe = timed
+audio = np.concatenate([a for n, (a, _) in real_recordings().items() if n.startswith("trn")])
+result = _ours([audio], None if sys.argv[1] == "segment" else sys.argv[1], False)
+print(json.dumps({"wall_s": calls[-1][0], "cpu_s": calls[-1][1], "parts_s": result[3] if len(result) > 3 else {}}))
+"""
+
+
+def time_in(checkout: Path, method: str | None) -> dict[str, Any]:
+    """Wall and CPU seconds (all threads) of one transcription of `five_minutes()` with a checkout's code (this
+    virtual environment), in a process of its own after a warm-up, and the parts `_ours` times where it does."""
+    done = subprocess.run([sys.executable, "-c", _TIME_IN_CHECKOUT, method or "segment"], cwd=checkout,
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 def cost_benchmark(methods: list[str], rounds: int, against: Path | None = None) -> dict[str, Any]:
     """Seconds on `five_minutes()` per configuration, each in a fresh process, the configurations alternating within
-    every round; with `against`, that checkout's word timings run in the same rounds ("before: ...")."""
-    audio = five_minutes()
-    runs: list[tuple[str, Path | None, str | None]] = [("segment", None, None)]
+    every round; with `against`, that checkout's word timings run in the same rounds ("before: ..."). CPU seconds
+    beside wall seconds: on a shared machine the wall clock measures the neighbours too."""
+    here = Path(__file__).resolve().parents[1]
+    runs: list[tuple[str, Path, str | None]] = [("segment", here, None)]
     for method in methods:
-        runs.append((method, None, method))
+        runs.append((method, here, method))
         if against and method != "whisper":
             runs.append((f"before: {method}", against, method))
-    seconds: dict[str, list[float]] = {label: [] for label, _, _ in runs}
-    load: dict[str, list[float]] = {label: [] for label, _, _ in runs}  # 1-minute load average as each started
-    parts: dict[str, list[dict[str, float]]] = {label: [] for label, checkout, _ in runs if checkout is None}
+    found: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in runs}
     for _ in range(rounds):
         for label, checkout, method in runs:
-            load[label].append(round(os.getloadavg()[0], 2))
-            if checkout is None:
-                _, took, _, part = run_engine("ours", method, [audio])
-                parts[label].append(part)
-            else:
-                took = _seconds_in(checkout, method)
-            seconds[label].append(round(took, 2))
-            print(f"{label}: {took:.1f} s (load {load[label][-1]}) {parts.get(label, [''])[-1]}", flush=True)
-    report = {"audio_s": round(len(audio) / SAMPLE_RATE, 1), "against": str(against) if against else None,
-              "seconds": seconds, "load_average": load, "parts_s": parts,
-              "ratio_to_segment": {label: [round(t / b, 3) for t, b in zip(times, seconds["segment"])]
-                                   for label, times in seconds.items()}}
-    print(f"cost on {report['audio_s']} s: {report}", flush=True)
+            load = round(os.getloadavg()[0], 2)  # 1-minute load average as the run starts
+            found[label].append({**time_in(checkout, method), "load_average": load})
+            print(f"{label}: {found[label][-1]}", flush=True)
+    ratio = {label: {kind: [round(run[kind] / base[kind], 3) for run, base in zip(rows, found["segment"])]
+                     for kind in ("wall_s", "cpu_s")} for label, rows in found.items()}
+    report = {"audio_s": round(len(five_minutes()) / SAMPLE_RATE, 1), "against": str(against) if against else None,
+              "runs": found, "ratio_to_segment": ratio}
+    print(f"cost on {report['audio_s']} s: ratio to segment {ratio}", flush=True)
     return report
 
 
