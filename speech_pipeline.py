@@ -33,7 +33,7 @@ from diarization_utils import Diarization, diarize, load_diarizer, merge_speaker
 from errors import Cancelled, RequestError, redact
 from transcript import Segment, Transcript, Word, sentences
 from vad import SpeechDetector, group_windows, max_windows
-from word_timing import refine_words, resolve
+from word_timing import refine_words, resolve, uses_vad
 
 logger = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # windows decoded so far, windows in all
@@ -340,15 +340,20 @@ class SpeechPipeline:
             raise RequestError("known_speaker_names needs diarization: a DIARIZATION_MODEL and diarization not "
                                "turned off", field="known_speaker_names")
         duration = len(audio) / SAMPLE_RATE
-        with self._batcher.arriving():
-            regions = self.detector.regions(audio, config.chunk_length_s) if config.vad else [(0.0, duration)]
+        word_level = config.return_timestamps == "word"
+        with self._batcher.arriving():  # one VAD pass: its probabilities cut the windows and time the words
+            probabilities = (self.detector.probabilities(audio)
+                             if config.vad or (word_level and uses_vad(config.word_timing)) else None)
+            regions = (self.detector.regions(audio, config.chunk_length_s, probabilities) if config.vad
+                       else [(0.0, duration)])
         windows = group_windows(regions, config.chunk_length_s, duration, max_windows(self.settings.max_audio_seconds))
         _check(cancel)
         assisted = self.use_assistant(config, len(windows))
         if assisted:
             generate_kwargs = {**generate_kwargs, **self.assistant_kwargs}
         segments, languages = self._transcribe_windows(audio, windows, config, generate_kwargs, assisted, cancel,
-                                                       _with_progress(on_window, progress, len(windows)))
+                                                       _with_progress(on_window, progress, len(windows)),
+                                                       probabilities)
         text = "".join(segment.text for segment in segments).strip()
         transcript = Transcript(text=text, segments=segments, duration=duration, language=_majority(languages),
                                 word_timing=resolve(config.word_timing) if config.return_timestamps == "word" else None)
@@ -426,9 +431,11 @@ class SpeechPipeline:
 
     def _transcribe_windows(self, audio: np.ndarray, windows: list[tuple[float, float]], config: InferenceConfig,
                             generate_kwargs: dict[str, Any], assisted: bool, cancel: threading.Event,
-                            on_window: WindowCallback | None = None) -> tuple[list[Segment], dict[str, float]]:
+                            on_window: WindowCallback | None = None,
+                            probabilities: np.ndarray | None = None) -> tuple[list[Segment], dict[str, float]]:
         """The segments of every window, and seconds of speech per detected (or given) language. With `on_window`,
-        the first window is decoded alone and each window's segments are handed over as soon as its batch is out."""
+        the first window is decoded alone and each window's segments are handed over as soon as its batch is out.
+        `probabilities`: the VAD's per frame of `audio`, for word timing."""
         if not windows:
             return [], {}
         inputs = [{"raw": audio[int(s * SAMPLE_RATE):int(e * SAMPLE_RATE)], "sampling_rate": SAMPLE_RATE}
@@ -467,7 +474,7 @@ class SpeechPipeline:
                     if chunks and language:
                         spoken[language] += end - start
                     found = (sentences(refine_words([Word(s, e, t) for s, e, t in chunks], audio, (start, end),
-                                                    config.word_timing)) if word_level
+                                                    config.word_timing, probabilities)) if word_level
                              else [Segment(s, e, t) for s, e, t in chunks])
                     window_segments = [replace(segment, language=language, temperature=attempt.temperature,
                                                avg_logprob=attempt.avg_logprob,

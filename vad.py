@@ -53,14 +53,28 @@ class SpeechDetector:
         self._model = load_vad_model()
         self._lock = threading.Lock()  # the model carries recurrent state between calls
 
-    def regions(self, audio: np.ndarray, max_region_s: float) -> list[Window]:
-        from silero_vad import get_speech_timestamps
-
+    def probabilities(self, audio: np.ndarray) -> np.ndarray:
+        """Silero's speech probability for each 32 ms frame of `audio` (frame k: samples 512k to 512k + 512, the
+        last one padded with zeros), from one pass: what `regions` cuts at and word timing snaps to."""
+        if not len(audio):
+            return np.zeros(0, np.float32)
+        samples = np.ascontiguousarray(audio, np.float32)
+        samples = np.pad(samples, (0, -len(samples) % FRAME))  # audio_forward refuses audio under one frame
         with self._lock, torch.inference_mode(), one_thread():
-            found = get_speech_timestamps(
-                torch.from_numpy(audio), self._model, sampling_rate=SAMPLE_RATE,
-                max_speech_duration_s=max_region_s, speech_pad_ms=200, min_silence_duration_ms=300,
-            )
+            return self._model.audio_forward(torch.from_numpy(samples), SAMPLE_RATE)[0].numpy()
+
+    def regions(self, audio: np.ndarray, max_region_s: float,
+                probabilities: np.ndarray | None = None) -> list[Window]:
+        """Speech regions of `audio` in seconds; `probabilities` are its `probabilities(audio)` where the caller has
+        them already (no second pass)."""
+        from silero_vad.utils_vad import get_speech_timestamps_from_probs
+
+        if probabilities is None:
+            probabilities = self.probabilities(audio)
+        found = get_speech_timestamps_from_probs(
+            probabilities.tolist(), sampling_rate=SAMPLE_RATE, max_speech_duration_s=max_region_s,
+            speech_pad_ms=200, min_silence_duration_ms=300, audio_length_samples=len(audio),
+        )
         return [(r["start"] / SAMPLE_RATE, r["end"] / SAMPLE_RATE) for r in found]
 
     def stream(self) -> "StreamingVad":

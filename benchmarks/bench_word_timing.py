@@ -22,7 +22,9 @@ turns as the reference speech: words that start where no one speaks for 60 ms, w
 where no one speaks, and overlaps; with the diarization model loaded, the diarization error rate of the word-level
 `speakers` entries, pooled over the AMI clips (pyannote.metrics, no collar, overlap scored, 0-30 s).
 `--cost` times a 5-minute recording (the AMI clips back to back) with segment timestamps, word timestamps as
-Whisper gives them and each refined method, alternating, each configuration once per round (`--rounds`).
+Whisper gives them and each refined method, alternating, each configuration once per round (`--rounds`);
+`--cost-against CHECKOUT` times another checkout's word timestamps in the same rounds (e.g. `git worktree add` of
+the commit before a change), so that before and after are ratios to the same segment runs.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ import io
 import json
 import multiprocessing
 import os
+import subprocess
+import sys
 import time
 import wave
 from pathlib import Path
@@ -164,10 +168,13 @@ def reference_clips(variants: tuple[str, ...] = ("isolated", "run-together")) ->
 
 # -- engines, each in a process of its own ----------------------------------------------------------------------
 
-def _ours(clips: list[np.ndarray], method: str | None, diarize: bool) -> tuple[list[list[dict]], float, list]:
-    """Words per clip, seconds, and (with `diarize`) the diarizer's turns per clip, from our pipeline."""
+def _ours(clips: list[np.ndarray], method: str | None,
+          diarize: bool) -> tuple[list[list[dict]], float, list, dict[str, float]]:
+    """Words per clip, seconds, (with `diarize`) the diarizer's turns per clip, and the seconds of the parts word
+    timing adds or shares (VAD pass, token timestamps from cross-attention DTW, refinement), from our pipeline."""
     import threading
 
+    import speech_pipeline
     from config import InferenceConfig, ModelSettings
     from diarization_utils import diarize as diarize_turns
     from speech_pipeline import SpeechPipeline
@@ -179,16 +186,32 @@ def _ours(clips: list[np.ndarray], method: str | None, diarize: bool) -> tuple[l
         parameters["word_timing"] = method
     config = InferenceConfig.parse(parameters)
     pipeline.transcribe(clips[0][:SAMPLE_RATE * 5], config)  # warm-up: the first batch of a process is slower
+    parts = {"vad_s": 0.0, "token_timestamps_s": 0.0, "refine_s": 0.0}
+    for owner, name, part in ((pipeline.detector, "probabilities", "vad_s"),
+                              (pipeline.whisper, "_extract_token_timestamps", "token_timestamps_s"),
+                              (speech_pipeline, "refine_words", "refine_s")):
+        setattr(owner, name, _timed(getattr(owner, name), parts, part))
     words, turns, started = [], [], time.perf_counter()
     for audio in clips:
         transcript = pipeline.transcribe(audio, config)
         words.append([{"start": w.start, "end": w.end, "text": w.text} for s in transcript.segments for w in s.words])
         if diarize:  # the turns alone, so that every word timing is merged with the same ones
             turns.append(diarize_turns(pipeline.diarizer, audio, config, threading.Event()))
-    return words, time.perf_counter() - started, turns
+    return words, time.perf_counter() - started, turns, {key: round(value, 2) for key, value in parts.items()}
 
 
-def _faster_whisper(clips: list[np.ndarray]) -> tuple[list[list[dict]], float, list]:
+def _timed(function: Any, parts: dict[str, float], part: str) -> Any:
+    """`function`, adding the seconds each call takes to `parts[part]`."""
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            parts[part] += time.perf_counter() - started
+    return timed
+
+
+def _faster_whisper(clips: list[np.ndarray]) -> tuple[list[list[dict]], float, list, dict[str, float]]:
     import tempfile
 
     from faster_whisper import WhisperModel
@@ -202,7 +225,7 @@ def _faster_whisper(clips: list[np.ndarray]) -> tuple[list[list[dict]], float, l
         for audio in clips:
             segments, _ = model.transcribe(audio, language="en", beam_size=1, word_timestamps=True)
             words.append([{"start": w.start, "end": w.end, "text": w.word} for s in segments for w in s.words])
-        return words, time.perf_counter() - started, []
+        return words, time.perf_counter() - started, [], {}
 
 
 def _worker(connection: Any, engine: str, method: str | None, clips: list[np.ndarray], diarize: bool) -> None:
@@ -270,7 +293,8 @@ def score(clips: list[dict[str, Any]], hypotheses: list[list[dict]]) -> dict[str
         "end_error_ms": {"mean": _ms(ends_a.mean()), "p90": _ms(np.percentile(ends_a, 90)),
                          "signed_mean": _ms(np.mean(ends))},
         "within_50ms": round(float(np.mean(both <= 0.05)), 3), "within_100ms": round(float(np.mean(both <= 0.1)), 3),
-        "start_inside_pause": inside_pause, "pauses": pauses, "pauses_swallowed": swallowed, "overlaps": overlaps,
+        "start_inside_pause": int(inside_pause), "pauses": pauses, "pauses_swallowed": int(swallowed),
+        "overlaps": int(overlaps),  # numpy's sums of booleans are no JSON
     }
 
 
@@ -370,12 +394,14 @@ def post_hoc(clips: list[dict[str, Any]], hypotheses: list[list[dict]], method: 
     """Whisper's words refined afterwards with `method`, the whole clip as the window (the pipeline refines each
     VAD window): the refinement alone, without another transcription."""
     from transcript import Word
-    from word_timing import refine_words
+    from vad import SpeechDetector
+    from word_timing import refine_words, uses_vad
 
-    out = []
+    detector, out = SpeechDetector(), []
     for clip, words in zip(clips, hypotheses):
+        probabilities = detector.probabilities(clip["audio"]) if uses_vad(method) else None
         refined = refine_words([Word(w["start"], w["end"], w["text"]) for w in words], clip["audio"],
-                               (0.0, len(clip["audio"]) / SAMPLE_RATE), method)
+                               (0.0, len(clip["audio"]) / SAMPLE_RATE), method, probabilities)
         out.append([{"start": w.start, "end": w.end, "text": w.text} for w in refined])
     return out
 
@@ -393,7 +419,7 @@ def reference_benchmark(methods: list[str], faster_whisper: bool, post: list[str
             label, seconds = f"ours (whisper words, then {refined}: post hoc)", 0.0
             hypotheses = post_hoc(clips, whisper_words, refined)
         else:
-            hypotheses, seconds, _ = run_engine(engine, method, [clip["audio"] for clip in clips])
+            hypotheses, seconds, _, _ = run_engine(engine, method, [clip["audio"] for clip in clips])
             if (engine, method) == ("ours", "whisper"):
                 whisper_words = hypotheses
         row: dict[str, Any] = {"seconds": round(seconds, 2)}
@@ -433,7 +459,7 @@ def real_benchmark(methods: list[str], faster_whisper: bool, post: list[str]) ->
             label, seconds, turns = f"ours (whisper words, then {refined}: post hoc)", 0.0, whisper_turns
             hypotheses = post_hoc(clips, whisper_words, refined)
         else:
-            hypotheses, seconds, turns = run_engine(engine, method, [c["audio"] for c in clips],
+            hypotheses, seconds, turns, _ = run_engine(engine, method, [c["audio"] for c in clips],
                                                     diarize=engine == "ours")
             if (engine, method) == ("ours", "whisper"):
                 whisper_words, whisper_turns = hypotheses, turns
@@ -456,19 +482,59 @@ def real_benchmark(methods: list[str], faster_whisper: bool, post: list[str]) ->
     return report
 
 
-def cost_benchmark(methods: list[str], rounds: int) -> dict[str, Any]:
-    recordings = real_recordings()
-    audio = np.concatenate([recordings[name][0] for name in recordings if name.startswith("trn")])
-    configurations = [None] + methods
-    seconds: dict[str, list[float]] = {str(m or "segment"): [] for m in configurations}
+def five_minutes() -> np.ndarray:
+    """The ten 30 s AMI clips back to back: 300 s of meeting speech."""
+    return np.concatenate([audio for name, (audio, _) in real_recordings().items() if name.startswith("trn")])
+
+
+_TIME_IN_CHECKOUT = """
+import json, sys, time
+import numpy as np
+import speech_pipeline
+from benchmarks.bench_word_timing import _ours, real_recordings
+calls, transcribe = [], speech_pipeline.SpeechPipeline.transcribe
+def timed(self, *args, **kwargs):
+    wall, cpu = time.perf_counter(), time.process_time()
+    try:
+        return transcribe(self, *args, **kwargs)
+    finally:
+        calls.append((time.perf_counter() - wall, time.process_time() - cpu))
+speech_pipeline.SpeechPipeline.transcribe = timed
+audio = np.concatenate([a for n, (a, _) in real_recordings().items() if n.startswith("trn")])
+result = _ours([audio], None if sys.argv[1] == "segment" else sys.argv[1], False)
+print(json.dumps({"wall_s": calls[-1][0], "cpu_s": calls[-1][1], "parts_s": result[3] if len(result) > 3 else {}}))
+"""
+
+
+def time_in(checkout: Path, method: str | None) -> dict[str, Any]:
+    """Wall and CPU seconds (all threads) of one transcription of `five_minutes()` with a checkout's code (this
+    virtual environment), in a process of its own after a warm-up, and the parts `_ours` times where it does."""
+    done = subprocess.run([sys.executable, "-c", _TIME_IN_CHECKOUT, method or "segment"], cwd=checkout,
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def cost_benchmark(methods: list[str], rounds: int, against: Path | None = None) -> dict[str, Any]:
+    """Seconds on `five_minutes()` per configuration, each in a fresh process, the configurations alternating within
+    every round; with `against`, that checkout's word timings run in the same rounds ("before: ..."). CPU seconds
+    beside wall seconds: on a shared machine the wall clock measures the neighbours too."""
+    here = Path(__file__).resolve().parents[1]
+    runs: list[tuple[str, Path, str | None]] = [("segment", here, None)]
+    for method in methods:
+        runs.append((method, here, method))
+        if against and method != "whisper":
+            runs.append((f"before: {method}", against, method))
+    found: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in runs}
     for _ in range(rounds):
-        for method in configurations:
-            seconds[str(method or "segment")].append(round(run_engine("ours", method, [audio])[1], 2))
-    base = seconds["segment"]
-    report = {"audio_s": round(len(audio) / SAMPLE_RATE, 1), "seconds": seconds,
-              "ratio_to_segment": {key: [round(t / b, 3) for t, b in zip(times, base)]
-                                   for key, times in seconds.items()}}
-    print(f"cost on {report['audio_s']} s: {report}", flush=True)
+        for label, checkout, method in runs:
+            load = round(os.getloadavg()[0], 2)  # 1-minute load average as the run starts
+            found[label].append({**time_in(checkout, method), "load_average": load})
+            print(f"{label}: {found[label][-1]}", flush=True)
+    ratio = {label: {kind: [round(run[kind] / base[kind], 3) for run, base in zip(rows, found["segment"])]
+                     for kind in ("wall_s", "cpu_s")} for label, rows in found.items()}
+    report = {"audio_s": round(len(five_minutes()) / SAMPLE_RATE, 1), "against": str(against) if against else None,
+              "runs": found, "ratio_to_segment": ratio}
+    print(f"cost on {report['audio_s']} s: ratio to segment {ratio}", flush=True)
     return report
 
 
@@ -482,6 +548,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--real", action="store_true", help="also the recordings without a word reference")
     parser.add_argument("--cost", action="store_true", help="also time a 5-minute recording")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the --cost timing")
+    parser.add_argument("--cost-against", type=Path, metavar="CHECKOUT",
+                        help="also time another checkout of this project in the --cost rounds (the code before)")
     parser.add_argument("--no-reference", action="store_true", help="skip the generated reference")
     parser.add_argument("--write-sample", type=Path, metavar="FLAC",
                         help="write one isolated-word clip (FLAC) and its reference (.json beside it), then stop")
@@ -497,7 +565,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.real:
         report["real"] = real_benchmark(methods, args.faster_whisper, [m for m in args.post_hoc.split(",") if m])
     if args.cost:
-        report["cost"] = cost_benchmark(methods, args.rounds)
+        report["cost"] = cost_benchmark(methods, args.rounds, args.cost_against)
     if args.out:
         args.out.write_text(json.dumps(report, indent=1) + "\n")
     return report

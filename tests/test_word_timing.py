@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from audio import SAMPLE_RATE, decode_audio
 from transcript import Word
+from vad import SpeechDetector
 from word_timing import ENERGY_FRAME_S, energy_speech, pauses, refine_words, snap
 
 CLIP = ROOT / "samples" / "isolated_words.flac"
@@ -46,10 +47,12 @@ def test_energy_leaves_a_boundary_without_a_pause_where_whisper_put_it():
 
 @pytest.mark.parametrize("method", ["vad", "energy+vad"])
 def test_the_vad_methods_move_a_boundary_into_the_pause_between_two_phrases(sample_bytes, method):
-    audio = decode_audio(sample_bytes)[:3 * SAMPLE_RATE]  # "Hello and welcome." then a pause until 1.65 s
+    audio = decode_audio(sample_bytes)  # "Hello and welcome." then a pause until 1.65 s
     words = [Word(0.3, 1.1, " Hello and welcome."), Word(1.1, 2.6, " This is a")]
-    first, second = refine_words(words, audio, (0.0, 3.0), method)
+    first, second = refine_words(words, audio, (0.0, 3.0), method, SpeechDetector().probabilities(audio))
     assert 1.18 <= first.end <= 1.26 and 1.62 <= second.start <= 1.7, (first, second)
+    with pytest.raises(ValueError):  # the VAD's probabilities come from the caller's pass, never a pass of its own
+        refine_words(words, audio, (0.0, 3.0), method)
 
 
 def test_pauses_are_the_silent_runs_between_speech():
@@ -104,6 +107,73 @@ def test_real_word_times_on_an_isolated_word_clip_are_within_100_ms():
     assert np.mean(errors) <= 0.06 and np.mean(np.array(errors) <= 0.1) >= 0.85, errors
 
 
+def _spy_vad_passes(monkeypatch: pytest.MonkeyPatch, pipeline) -> list[np.ndarray]:
+    """Every VAD pass `pipeline` makes from now on, as the probabilities it returned."""
+    passes: list[np.ndarray] = []
+    real = pipeline.detector.probabilities
+
+    def spy(audio: np.ndarray) -> np.ndarray:
+        passes.append(real(audio))
+        return passes[-1]
+
+    monkeypatch.setattr(pipeline.detector, "probabilities", spy)
+    return passes
+
+
+def test_a_request_makes_one_vad_pass_which_word_timing_reuses(tiny_models, monkeypatch):
+    import speech_pipeline
+
+    pipeline = make_pipeline(tiny_models["main"])
+    passes = _spy_vad_passes(monkeypatch, pipeline)
+    given: list[np.ndarray | None] = []
+    real_refine = speech_pipeline.refine_words
+
+    def refine(words, audio, window, method, probabilities=None):
+        given.append(probabilities)
+        return real_refine(words, audio, window, method, probabilities)
+
+    monkeypatch.setattr(speech_pipeline, "refine_words", refine)
+    audio = CLIP.read_bytes()
+    for parameters, expected in (({"return_timestamps": "word"}, 1), ({}, 1),
+                                 ({"return_timestamps": "word", "vad": False}, 1),  # word timing's own need
+                                 ({"return_timestamps": "word", "vad": False, "word_timing": "energy"}, 0),
+                                 ({"vad": False}, 0)):
+        passes.clear(), given.clear()
+        pipeline.handle({"inputs": audio, "parameters": {"language": "en", **parameters}})
+        assert len(passes) == expected, parameters
+        if parameters.get("return_timestamps"):  # word timing got the very array of the request's pass
+            assert given and all(p is (passes[0] if passes else None) for p in given), parameters
+
+
+@pytest.mark.e2e
+def test_word_timing_with_the_pipelines_vad_pass_gives_the_boundaries_of_a_pass_of_its_own(monkeypatch):
+    """The reused probabilities time the words exactly as a separate VAD pass over the same audio does (before the
+    reuse, word timing ran such a pass; over a window from 0 s it was this one)."""
+    import speech_pipeline
+
+    pipeline = make_pipeline(MODELS / "whisper-base")
+    passes = _spy_vad_passes(monkeypatch, pipeline)
+    calls = []
+    real_refine = speech_pipeline.refine_words
+
+    def refine(words, audio, window, method, probabilities=None):
+        calls.append(([Word(w.start, w.end, w.text) for w in words], window))
+        return real_refine(words, audio, window, method, probabilities)
+
+    monkeypatch.setattr(speech_pipeline, "refine_words", refine)
+    audio = decode_audio(CLIP.read_bytes())
+    for vad in (True, False):
+        passes.clear(), calls.clear()
+        out = pipeline.handle({"inputs": CLIP.read_bytes(),
+                               "parameters": {"language": "en", "return_timestamps": "word", "vad": vad}})
+        assert len(passes) == 1 and calls, vad
+        own = SpeechDetector().probabilities(audio)
+        expected = [w for words, window in calls for w in refine_words(words, audio, window, "energy+vad", own)]
+        assert [(w["start"], w["end"]) for w in out["words"]] == [(w.start, w.end) for w in expected], vad
+        assert [(w["start"], w["end"]) for w in out["words"]] != [(w.start, w.end) for words, _ in calls
+                                                                   for w in words]  # the refinement moved them
+
+
 def test_the_response_says_how_words_were_timed(tiny_models):
     from conftest import encode, tone
 
@@ -113,6 +183,35 @@ def test_the_response_says_how_words_were_timed(tiny_models):
         out = pipeline.handle({"inputs": audio, "parameters": {"return_timestamps": "word", "vad": False, **asked}})
         assert out["word_timing"] == said
     assert "word_timing" not in pipeline.handle({"inputs": audio, "parameters": {"vad": False}})
+
+
+def _transformers_dtw():
+    """transformers' own `_dynamic_time_warping`, from a fresh copy of its module (word_timing replaces it)."""
+    import importlib.util
+
+    from transformers.models.whisper import generation_whisper
+
+    spec = importlib.util.spec_from_file_location("transformers.models.whisper._original_generation_whisper",
+                                                  generation_whisper.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module._dynamic_time_warping
+
+
+TRANSFORMERS_DTW = _transformers_dtw()
+
+
+@given(st.integers(1, 12), st.integers(1, 40), st.integers(0, 2 ** 32 - 1), st.sampled_from([0, 2, 100]))
+def test_word_timestamps_run_a_vectorized_dtw_with_transformers_result(rows, cols, seed, levels):
+    from transformers.models.whisper import generation_whisper
+
+    from word_timing import dynamic_time_warping
+
+    assert generation_whisper._dynamic_time_warping is dynamic_time_warping
+    rng = np.random.default_rng(seed)
+    matrix = rng.integers(0, levels, (rows, cols)).astype(float) if levels else rng.standard_normal((rows, cols))
+    expected, got = TRANSFORMERS_DTW(matrix), dynamic_time_warping(matrix)  # few levels: ties, the tie rule's cases
+    assert all(np.array_equal(a, b) for a, b in zip(expected, got))
 
 
 # openai-whisper's _ALIGNMENT_HEADS (whisper/__init__.py): base85 gzip of a (decoder layers, heads) boolean mask
