@@ -356,7 +356,7 @@ class SpeechPipeline:
                                                        probabilities)
         text = "".join(segment.text for segment in segments).strip()
         transcript = Transcript(text=text, segments=segments, duration=duration, language=_majority(languages),
-                                word_timing=resolve(config.word_timing) if config.return_timestamps == "word" else None)
+                                word_timing=resolve(config.word_timing) if word_level else None)
         if self.diarizer is not None and config.diarization:
             found = None
             if known:
