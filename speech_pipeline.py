@@ -210,7 +210,7 @@ class SpeechPipeline:
     def _load_asr(self, name: str, token: str | None) -> Any:
         from transformers import AutoConfig, AutoFeatureExtractor, AutoTokenizer, pipeline
 
-        from whisper_model import ATTENTION, FastWhisper, quantize_int8
+        from whisper_model import ATTENTION, FastWhisper, quantize_int8, rescored_head
 
         model_type = AutoConfig.from_pretrained(name, token=token).model_type
         if model_type != "whisper":
@@ -218,6 +218,7 @@ class SpeechPipeline:
         model = FastWhisper.from_pretrained(name, dtype=self.dtype, token=token, attn_implementation=ATTENTION)
         if self.settings.dtype == "int8":
             quantize_int8(model)
+        rescored_head(model)  # CPU: the vocabulary product in int8, what decoding reads exact
         return pipeline("automatic-speech-recognition", model=model.eval(), device=self.device,
                         tokenizer=AutoTokenizer.from_pretrained(name, token=token),
                         feature_extractor=AutoFeatureExtractor.from_pretrained(name, token=token))

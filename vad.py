@@ -6,9 +6,7 @@ at most 30 s, is the guard faster-whisper's batched mode and whisperX use too.
 
 from __future__ import annotations
 
-import copy
 import math
-import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -20,6 +18,7 @@ from errors import RequestError
 
 Window = tuple[float, float]
 FRAME = 512  # Silero's frame at 16 kHz: 32 ms
+CONTEXT = 64  # samples of the previous frame Silero sees with each frame at 16 kHz
 
 
 @contextmanager
@@ -46,22 +45,30 @@ def load_vad_model() -> Any:
         return load_silero_vad(onnx=True)
 
 
+def load_sequence_vad() -> Any:
+    """Silero VAD's sequence model (`silero_vad.SileroVADSequence`, ONNX, one thread): one ONNX call per block of
+    frames instead of one per 32 ms frame, the same probabilities to the bit, about 3x faster."""
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)  # the model's unused-initializer notices: a log line each, no action
+    with one_thread():
+        from silero_vad import load_silero_vad
+
+        return load_silero_vad(onnx=True, sequence=True)
+
+
 class SpeechDetector:
     """Silero VAD (MIT, shipped inside the `silero-vad` wheel): speech regions in seconds."""
 
     def __init__(self) -> None:
-        self._model = load_vad_model()
-        self._lock = threading.Lock()  # the model carries recurrent state between calls
+        self._model = load_sequence_vad()  # its calls keep no state: threads may share it
 
     def probabilities(self, audio: np.ndarray) -> np.ndarray:
         """Silero's speech probability for each 32 ms frame of `audio` (frame k: samples 512k to 512k + 512, the
         last one padded with zeros), from one pass: what `regions` cuts at and word timing snaps to."""
         if not len(audio):
             return np.zeros(0, np.float32)
-        samples = np.ascontiguousarray(audio, np.float32)
-        samples = np.pad(samples, (0, -len(samples) % FRAME))  # audio_forward refuses audio under one frame
-        with self._lock, torch.inference_mode(), one_thread():
-            return self._model.audio_forward(torch.from_numpy(samples), SAMPLE_RATE)[0].numpy()
+        return self._model.audio_forward(np.ascontiguousarray(audio, np.float32), SAMPLE_RATE)
 
     def regions(self, audio: np.ndarray, max_region_s: float,
                 probabilities: np.ndarray | None = None) -> list[Window]:
@@ -83,24 +90,31 @@ class SpeechDetector:
 
 
 class StreamingVad:
-    """Silero's speech probability for each 32 ms frame of a stream fed in pieces of any length: the ONNX session is
-    shared with the detector (its runs are thread-safe), the recurrent state and the leftover samples are not."""
+    """Silero's speech probability for each 32 ms frame of a stream fed in pieces of any length: the sequence
+    model's ONNX session is shared with the detector (its runs are thread-safe); the recurrent state, the previous
+    frame's context samples and the leftover samples are this stream's."""
 
     def __init__(self, model: Any):
-        self._model = copy.copy(model)
-        self._model.reset_states()  # new state tensors: the shared model's are left alone
+        self._session = model.session
+        self._hidden = np.zeros((1, 1, 128), np.float32)
+        self._cell = np.zeros((1, 1, 128), np.float32)
+        self._context = np.zeros(CONTEXT, np.float32)  # each frame is fed with the previous one's last samples
         self._pending = np.zeros(0, np.float32)
 
     def probabilities(self, audio: np.ndarray) -> np.ndarray:
         """One probability per whole frame completed by `audio` (samples short of a frame wait for the next call)."""
         samples = np.concatenate([self._pending, audio]) if len(self._pending) else audio
         whole = len(samples) // FRAME * FRAME
-        self._pending = samples[whole:].copy()
+        self._pending = samples[whole:].astype(np.float32, copy=True)
         if not whole:
             return np.zeros(0, np.float32)
-        frames = torch.from_numpy(np.ascontiguousarray(samples[:whole], dtype=np.float32)).reshape(-1, FRAME)
-        with torch.inference_mode(), one_thread():
-            return np.array([float(self._model(frame, SAMPLE_RATE)) for frame in frames], np.float32)
+        frames = np.ascontiguousarray(samples[:whole], dtype=np.float32).reshape(-1, FRAME)
+        contexts = np.concatenate([self._context[None], frames[:-1, -CONTEXT:]])
+        self._context = frames[-1, -CONTEXT:].copy()
+        values, self._hidden, self._cell = self._session.run(
+            ["speech_probs", "hn", "cn"],
+            {"input": np.concatenate([contexts, frames], axis=1), "h": self._hidden, "c": self._cell})
+        return np.asarray(values, np.float32).reshape(-1)
 
 
 def max_windows(max_audio_seconds: float) -> int:

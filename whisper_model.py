@@ -24,7 +24,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 from transformers import AttentionInterface, WhisperForConditionalGeneration
-from transformers.generation.logits_process import LogitsProcessor, LogitsProcessorList, SuppressTokensLogitsProcessor
+from transformers.generation.logits_process import (LogitsProcessor, LogitsProcessorList,
+                                                    SuppressTokensAtBeginLogitsProcessor, SuppressTokensLogitsProcessor)
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -35,11 +36,17 @@ ATTENTION = "sdpa_cpu_decode"  # the attention implementation to load FastWhispe
 def sdpa_cpu_decode(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                     attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                     **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """SDPA, except a single bf16/fp16 query over a long key (decoding cross-attention) on CPU: plain matmuls."""
-    if (query.device.type != "cpu" or query.dtype == torch.float32 or query.shape[2] != 1 or key.shape[2] < 256
-            or module.training):
+    """SDPA, except for a single bf16/fp16 query on CPU (a decoding step): over a long key (cross-attention)
+    plain matmuls, over a short one (self-attention) the fp32 kernel."""
+    if query.device.type != "cpu" or query.dtype == torch.float32 or query.shape[2] != 1 or module.training:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
+    if key.shape[2] < 256:  # self-attention over the tokens so far: torch's fp32 kernel is 5x its bf16 one here
+        float_mask = attention_mask is not None and attention_mask.dtype != torch.bool
+        mask = attention_mask.float() if float_mask else attention_mask
+        output, _ = sdpa_attention_forward(module, query.float(), key.float(), value.float(), mask,
+                                           dropout=dropout, scaling=scaling, **kwargs)
+        return output.to(query.dtype), None
     scores = torch.matmul(query, key.transpose(2, 3)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
     if attention_mask is not None:
         scores = (scores.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool
@@ -103,6 +110,48 @@ class QuantizedLogitsHead(nn.Module):
         return self.linear(hidden)
 
 
+class RescoredLogitsHead(nn.Module):
+    """`proj_out` for decoding steps on CPU: the text tokens' logits from an int8 copy of their rows, then each
+    row's `top` best recomputed exactly in fp32, and every special token's (end, languages, task, no-speech,
+    timestamps) exact. The vocabulary matrix is the largest weight a step reads; its int8 product is ~6x faster.
+
+    What decoding reads stays exact: the greedy choice (unless int8 rounding pushes the best text token out of the
+    top 32), the timestamp rule's text maximum and timestamp mass, the language and no-speech logits. Only the
+    softmax normaliser sees the other text tokens' int8 values. Several positions at once (the prompt) are exact.
+    """
+
+    def __init__(self, weight: nn.Parameter, first_special: int, top: int = 32):
+        super().__init__()
+        self.weight, self.first_special, self.top = weight, first_special, top  # weight: tied to the embeddings
+        text = nn.Linear(weight.shape[1], first_special, bias=False)
+        text.weight = nn.Parameter(weight.detach()[:first_special].float(), requires_grad=False)
+        text.qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+        with warnings.catch_warnings():  # torch.ao's deprecation notice: a log line per start-up, no action
+            warnings.simplefilter("ignore")
+            self.text = torch.ao.nn.quantized.dynamic.Linear.from_float(text)
+        self.register_buffer("special", weight.detach()[first_special:].float().clone(), persistent=False)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if hidden.dim() != 3 or hidden.shape[1] != 1 or hidden.device.type != "cpu":
+            return cpu_linear(hidden, self.weight)
+        rows = hidden[:, 0].float()
+        text = self.text(rows)
+        best = text.topk(min(self.top, text.shape[-1]), dim=-1).indices
+        exact = torch.einsum("rd,rkd->rk", rows, self.weight[best].float())
+        text.scatter_(1, best, exact)
+        return torch.cat([text, cpu_linear(rows, self.special)], dim=-1)[:, None]
+
+
+def rescored_head(model: "FastWhisper") -> "FastWhisper":
+    """`RescoredLogitsHead` as the logits head of a CPU FastWhisper whose head is float (not int8-quantized); in
+    place. The special tokens start at the end-of-text token."""
+    if model.device.type == "cpu" and isinstance(model.proj_out, LogitsHead):
+        first_special = model.generation_config.eos_token_id
+        first_special = first_special[0] if isinstance(first_special, list) else first_special
+        model.proj_out = RescoredLogitsHead(model.proj_out.weight, first_special)
+    return model
+
+
 def quantize_int8(model: "FastWhisper") -> "FastWhisper":
     """Every Linear of an fp32 FastWhisper (encoder, decoder, logits head) as a dynamically quantized int8 Linear
     (int8 weights with per-row scales, activations quantized per call), in place; CPU only."""
@@ -131,10 +180,28 @@ class CachedSuppressTokens(SuppressTokensLogitsProcessor):
         return torch.where(mask, -float("inf"), scores)
 
 
+class CachedSuppressTokensAtBegin(SuppressTokensAtBeginLogitsProcessor):
+    """The same rule, its vocabulary mask built once (transformers rebuilt it every step, for the first one)."""
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[-1] != self.begin_index:
+            return scores
+        mask = getattr(self, "_mask", None)
+        if mask is None or mask.shape[0] != scores.shape[-1] or mask.device != scores.device:
+            vocabulary = torch.arange(scores.shape[-1], device=scores.device)
+            mask = self._mask = torch.isin(vocabulary, self.begin_suppress_tokens.to(scores.device))
+        return torch.where(mask, -float("inf"), scores)
+
+
+_CACHED = {SuppressTokensLogitsProcessor: CachedSuppressTokens,
+           SuppressTokensAtBeginLogitsProcessor: CachedSuppressTokensAtBegin}
+
+
 def _cached(processors: Any) -> Any:
     for index, processor in enumerate(processors or []):
-        if type(processor) is SuppressTokensLogitsProcessor:
-            cached = CachedSuppressTokens.__new__(CachedSuppressTokens)
+        cached_class = _CACHED.get(type(processor))
+        if cached_class is not None:
+            cached = cached_class.__new__(cached_class)
             cached.__dict__.update(processor.__dict__)
             processors[index] = cached
     return processors

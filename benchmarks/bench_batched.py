@@ -9,8 +9,8 @@ AMI clips and the call joined (300 s); `mixN`, the mix repeated to N seconds (`m
 `trn09`, one AMI clip each. Engines, each in a process of its own, take turns clip by clip (the order rotates),
 after one warm-up each: `ours` is our pipeline with the default request parameters (DTYPE=auto, VAD, language
 detected, the loop guard's temperature fallback on, no diarization), `ours-fp32` / `ours-bf16` / `ours-int8` the
-same with that DTYPE (not run unless named); `fw-seq` is faster-whisper's `WhisperModel.transcribe` and
-`fw-batch8` / `fw-batch16` its `BatchedInferencePipeline` at batch 8 / 16, all int8 on the same whisper-base
+same with that DTYPE (not run unless named), any of them `+dtN` with DECODE_THREADS=N; `fw-seq` is faster-whisper's
+`WhisperModel.transcribe` and `fw-batch8` / `fw-batch16` its `BatchedInferencePipeline` at batch 8 / 16, all int8 on the same whisper-base
 weights, greedy (beam 1, temperature 0), VAD filter on, no conditioning on earlier text. Per engine and clip: the
 median wall time, the median CPU time of its process (less sensitive to other load than wall time), its peak RSS
 during the clip and its RSS when idle after loading; per clip: each ours-engine / fw-engine ratio, and the word
@@ -105,7 +105,10 @@ def _worker(engine: str, threads: int, connection: Any) -> None:
     """One engine in a process of its own: two engines' thread pools in one process slow each other down."""
     with tempfile.TemporaryDirectory(prefix="ct2-whisper-base-") as tmp:
         if engine.startswith("ours"):
-            run = _ours(OURS_DTYPES[engine], threads)
+            name, _, decode_threads = engine.partition("+dt")
+            if decode_threads:  # `ours+dt0`: the same engine with DECODE_THREADS=0 (this process only)
+                os.environ["DECODE_THREADS"] = decode_threads
+            run = _ours(OURS_DTYPES[name], threads)
         else:
             run = faster_whisper_engine(engine, faster_whisper_model_dir(Path(tmp)), threads)
         connection.send("ready")
@@ -221,9 +224,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     engines = [engine for engine in args.engines.split(",") if engine]
     unknown = [engine for engine in engines
-               if engine not in ENGINES and engine not in OURS_DTYPES and not engine.startswith("fw-batch")]
+               if engine not in ENGINES and not engine.startswith("fw-batch")
+               and not (engine.partition("+dt")[0] in OURS_DTYPES and engine.partition("+dt")[2] in ("", *"012345678"))]
     if unknown or not engines or args.repeats < 1 or args.threads < 1:
-        parser.error(f"engines from {', '.join([*ENGINES, *OURS_DTYPES])} (or fw-batchN); "
+        parser.error(f"engines from {', '.join([*ENGINES, *OURS_DTYPES])} (or fw-batchN, ours...+dtN); "
                      "--repeats and --threads >= 1")
     audio, reference = build_clips([name for name in args.clips.split(",") if name], args.ami)
     report: dict[str, Any] = {"machine": machine_info(), "threads": args.threads, "repeats": args.repeats,

@@ -18,6 +18,31 @@ def test_speech_is_found_and_silence_is_not():
     assert detector.regions(np.zeros(16000 * 5, np.float32), 30) == []
 
 
+def test_the_sequence_model_scores_every_frame_as_silero_does_whole_and_streamed():
+    """One ONNX call per block of frames (whole files) and per piece of a stream (any length, a frame split between
+    pieces) give the probabilities of Silero's own frame-by-frame model, to float rounding."""
+    import torch
+
+    from vad import load_vad_model
+
+    speech = decode_audio(SAMPLE.read_bytes())
+    audio = np.concatenate([np.zeros(7000, np.float32), speech, speech[:20000]])  # 17 s: more than one block
+    stock = load_vad_model()
+    expected = stock.audio_forward(torch.from_numpy(np.pad(audio, (0, -len(audio) % 512))), 16000)[0].numpy()
+    detector = SpeechDetector()
+    whole = detector.probabilities(audio)
+    assert whole.shape == expected.shape and np.abs(whole - expected).max() < 1e-5
+    assert whole.max() > 0.9 and whole.min() < 0.1
+    stream, pieces, at = detector.stream(), [], 0
+    for size in np.random.default_rng(0).integers(1, 6000, size=400):
+        pieces.append(stream.probabilities(audio[at:at + size]))
+        at += size
+        if at >= len(audio):
+            break
+    streamed = np.concatenate(pieces)
+    assert len(streamed) == len(audio) // 512 and np.abs(streamed - expected[:len(streamed)]).max() < 1e-5
+
+
 def test_a_leftover_under_a_millisecond_is_dropped():
     assert group_windows([(0.0, 1.00001)], 1.0, 600.0) == [(0.0, 1.0)]
 

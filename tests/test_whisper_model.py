@@ -4,7 +4,8 @@ import pytest
 import torch
 from conftest import make_pipeline
 
-from whisper_model import DecodeLinear, FastWhisper, LogitsHead, cpu_linear, sdpa_cpu_decode
+from whisper_model import (DecodeLinear, FastWhisper, LogitsHead, RescoredLogitsHead, cpu_linear,
+                           sdpa_cpu_decode)
 
 
 def test_logits_head_equals_the_linear_layer_for_every_shape():
@@ -54,13 +55,14 @@ def test_logits_head_in_bf16_is_the_linear_layer():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("masked", [False, True])
-def test_decode_attention_equals_sdpa(dtype, masked):
-    """One query over 1500 encoder frames takes the matmul branch in bf16 and the SDPA kernel in fp32: both must
-    compute softmax(q k^T * scale) v, masked positions excluded."""
+@pytest.mark.parametrize("keys", [1500, 100])
+def test_decode_attention_equals_sdpa(dtype, masked, keys):
+    """One query over 1500 encoder frames takes the matmul branch in bf16, over 100 tokens (self-attention) the fp32
+    kernel, and the SDPA kernel in fp32: each must compute softmax(q k^T * scale) v, masked positions excluded."""
     torch.manual_seed(0)
     module = torch.nn.Module().eval()
-    query, key, value = (torch.randn(2, 8, length, 64).to(dtype) for length in (1, 1500, 1500))
-    mask = (torch.rand(2, 1, 1, 1500) > 0.3) if masked else None
+    query, key, value = (torch.randn(2, 8, length, 64).to(dtype) for length in (1, keys, keys))
+    mask = (torch.rand(2, 1, 1, keys) > 0.3) if masked else None
     sdpa = torch.nn.functional.scaled_dot_product_attention
     expected = sdpa(query.float(), key.float(), value.float(), attn_mask=mask, scale=0.125).transpose(1, 2)
     out, weights = sdpa_cpu_decode(module, query, key, value, mask, scaling=0.125)
@@ -88,8 +90,49 @@ def test_auto_dtype_is_bf16_only_on_cpus_with_bf16_instructions(monkeypatch):
 
 def test_the_pipeline_runs_fast_whisper_with_tied_logits(tiny_models):
     model = make_pipeline(tiny_models["main"]).asr.model
-    assert isinstance(model, FastWhisper) and isinstance(model.proj_out, LogitsHead)
-    assert model.proj_out.weight is model.model.decoder.embed_tokens.weight  # no second copy of the vocabulary
+    assert isinstance(model, FastWhisper) and isinstance(model.proj_out, RescoredLogitsHead)
+    assert model.proj_out.weight is model.model.decoder.embed_tokens.weight  # the exact rows are the tied ones
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rescored_head_is_exact_where_decoding_reads_it(dtype):
+    """Special tokens and each row's 32 best text tokens (by int8) are the fp32 product of the (tied) weight; so is
+    the argmax and every position of a multi-token step; the other text tokens are within int8 rounding."""
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter((torch.randn(51865, 64) * 0.3).to(dtype))
+    head = RescoredLogitsHead(weight, first_special=50257)
+    exact = weight.float()
+    hidden = torch.randn(5, 1, 64).to(dtype)
+    out = head(hidden)
+    expected = torch.nn.functional.linear(hidden.float(), exact)
+    assert out.shape == (5, 1, 51865) and out.dtype == torch.float32
+    torch.testing.assert_close(out[..., 50257:], expected[..., 50257:], rtol=1e-5, atol=1e-4)
+    assert min(((out - expected).abs()[:, 0, :50257] < 1e-4).sum(-1).tolist()) >= 32  # 32 rescored a row
+    best = expected[:, 0, :50257].topk(8).indices  # the best few are among them
+    torch.testing.assert_close(out[:, 0, :50257].gather(1, best), expected[:, 0, :50257].gather(1, best),
+                               rtol=1e-5, atol=1e-4)
+    assert torch.equal(out.argmax(-1), expected.argmax(-1))
+    rounding = (out - expected).abs().max()
+    assert 0 < rounding < 0.02 * expected.abs().max()  # the int8 part is used, and close
+    prompt = torch.randn(2, 3, 64).to(dtype)
+    assert torch.equal(head(prompt), LogitsHead(weight)(prompt))
+
+
+def test_the_rescored_head_decodes_what_the_stock_class_decodes(tiny_models):
+    """Greedy tokens, timestamps included, equal transformers' Whisper in fp32 with the pipeline's head."""
+    from transformers import WhisperForConditionalGeneration
+
+    from whisper_model import rescored_head
+
+    fast = rescored_head(FastWhisper.from_pretrained(tiny_models["main"], attn_implementation="sdpa").eval())
+    stock = WhisperForConditionalGeneration.from_pretrained(tiny_models["main"], attn_implementation="sdpa").eval()
+    assert isinstance(fast.proj_out, RescoredLogitsHead)
+    torch.manual_seed(1)
+    features = torch.randn(3, 80, 3000)
+    with torch.inference_mode():
+        ours = fast.generate(features, task="transcribe", return_timestamps=True)
+        theirs = stock.generate(features, task="transcribe", return_timestamps=True)
+    assert torch.equal(ours, theirs)
 
 
 def test_generate_encodes_the_batch_once(tiny_models):
@@ -134,6 +177,21 @@ def test_cached_suppress_tokens_equals_the_stock_processor_and_is_used():
     for _ in range(2):  # the second call uses the cached mask
         scores = torch.randn(3, 1000)
         assert torch.equal(processors[0](None, scores.clone()), stock(None, scores.clone()))
+
+
+def test_cached_suppress_tokens_at_begin_equals_the_stock_processor_and_is_used():
+    from transformers.generation.logits_process import SuppressTokensAtBeginLogitsProcessor
+
+    from whisper_model import CachedSuppressTokensAtBegin, _cached
+
+    stock = SuppressTokensAtBeginLogitsProcessor([220, 999], begin_index=3)
+    processors = _cached([stock])
+    assert type(processors[0]) is CachedSuppressTokensAtBegin
+    torch.manual_seed(0)
+    for length in (3, 4, 3):  # at the begin index (twice: the cached mask) and after it
+        scores, ids = torch.randn(2, 1000), torch.zeros(2, length, dtype=torch.long)
+        assert torch.equal(processors[0](ids, scores.clone()), stock(ids, scores.clone()))
+    assert processors[0](torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 1000))[:, [220, 999]].isinf().all()
 
 
 def test_decoding_steps_run_on_decode_threads_and_the_encoder_on_all(tiny_models):
