@@ -53,6 +53,9 @@ class RealtimeSettings(BaseSettings):
     idle_timeout_s: float = Field(60.0, gt=0, description="a session that sends nothing for this long is closed")
     partial_interval_s: float = Field(1.0, ge=0, description="how often a growing utterance is decoded again for "
                                                              "delta events; 0 sends none before completed")
+    partial_decodes: int = Field(1, ge=1, le=256, description=(
+        "partial decodes in flight server-wide; sessions take turns: each partial costs an encoder pass, and on a "
+        "small CPU many at once starve the final decodes"))
     early_decode_ms: int = Field(200, ge=0, description=(
         "a pause this long starts the turn's final decode while server VAD waits out silence_duration_ms (its words "
         "become a partial hypothesis if the speaker goes on); 0 waits for the end of the turn"))
@@ -124,8 +127,15 @@ class Realtime:
         # finals go first: while one waits, partial decodes are not started and those in flight are given up
         self.finals_pending = 0
         self.partial_cancels: set[threading.Event] = set()
+        self.partial_slots: asyncio.Semaphore | None = None  # made on the serving loop (settings.partial_decodes)
         # each session has at most a partial and a final decode waiting on the batcher at once
         self.executor = ThreadPoolExecutor(max(1, 2 * settings.max_sessions), thread_name_prefix="realtime")
+
+    def partial_slot(self) -> asyncio.Semaphore:
+        """The server-wide turn to run a partial decode (`async with`)."""
+        if self.partial_slots is None:
+            self.partial_slots = asyncio.Semaphore(self.settings.partial_decodes)
+        return self.partial_slots
 
     async def serve(self, ws: WebSocket) -> None:
         refusal = self._refusal(ws)
@@ -355,9 +365,10 @@ class Session:
                 item = self.speech
                 if early and not item.early_is_final and (item.early is None or item.early.done()) and \
                         self.vad_at - self.silence_from >= min(early, silence // 2):
-                    # decode the turn while the rest of the silence confirms its end: completed comes sooner
-                    item.early = self._spawn(self._decode(self.buffer[item.start - self.base:
-                                                                      self.vad_at - self.base].copy(), partial=True))
+                    # decode the turn while the rest of the silence confirms its end: completed comes sooner; as the
+                    # likely final it goes before partials, and no other session's final gives it up
+                    audio = self.buffer[item.start - self.base:self.vad_at - self.base].copy()
+                    item.early = self._spawn(self._first_decode(audio, early=True))
                     item.early_is_final = True
             if (self.vad_at - self.speech.start) / SAMPLE_RATE >= MAX_UTTERANCE_S:
                 self._end_speech(self.vad_at, stopped=True)
@@ -392,12 +403,14 @@ class Session:
         self.previous_item = item.id
         self.last_final = self._spawn(self._final(item, audio, self.last_final))
 
-    async def _first_decode(self, audio: np.ndarray) -> str:
-        """A final decode: partial decodes wait while one is pending, and those in flight are given up."""
+    async def _first_decode(self, audio: np.ndarray, early: bool = False) -> str:
+        """A final decode: partial decodes wait while one is pending, and those in flight are given up (an early
+        decode spares this session's own: the speaker may go on, and that partial is nearly done)."""
         realtime = self.realtime
         realtime.finals_pending += 1
         for cancel in list(realtime.partial_cancels):  # a batch of partials only stops at its next decoding step
-            cancel.set()
+            if not (early and cancel in self.cancels):
+                cancel.set()
         try:
             return await self._decode(audio)
         finally:
@@ -437,18 +450,26 @@ class Session:
         interval, decoded = self.settings.partial_interval_s, 0
         while True:
             started = time.monotonic()
-            end = self.total
-            if end - item.start >= SAMPLE_RATE and end - decoded >= SAMPLE_RATE // 2 and \
-                    not self.realtime.finals_pending and self.silence_from is None and \
-                    (item.early is None or item.early.done()):
-                try:
-                    words = (await self._decode(self.buffer[item.start - self.base:end - self.base].copy(),
-                                                partial=True)).split()
-                except Cancelled:  # given up for a final decode: try again later
-                    continue
-                decoded = end
-                self._hypothesis(item, words)
+            if self._partial_due(item, decoded):
+                async with self.realtime.partial_slot():
+                    end = self.total  # the audio grew while this session waited for its turn
+                    words = None
+                    if self._partial_due(item, decoded):
+                        with contextlib.suppress(Cancelled):  # given up for a final decode: try again later
+                            words = (await self._decode(self.buffer[item.start - self.base:end - self.base].copy(),
+                                                        partial=True)).split()
+                if words is not None:
+                    decoded = end
+                    self._hypothesis(item, words)
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+    def _partial_due(self, item: Item, decoded: int) -> bool:
+        """Whether the growing utterance is worth a partial decode now (a second of it, half a second new, nobody's
+        final waiting, no pause, no early decode of this turn in flight)."""
+        end = self.total
+        return (end - item.start >= SAMPLE_RATE and end - decoded >= SAMPLE_RATE // 2
+                and not self.realtime.finals_pending and self.silence_from is None
+                and (item.early is None or item.early.done()))
 
     def _hypothesis(self, item: Item, words: list[str]) -> None:
         """A partial decode's words: send those the last two decodes agree on."""

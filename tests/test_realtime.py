@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import threading
 import time
 
 import av
@@ -316,6 +317,64 @@ def test_a_pause_that_is_not_the_end_turns_the_early_decode_into_a_partial(tiny)
     assert any(kind.endswith(".delta") for kind in kinds[:stopped]), kinds
     assert "".join(deltas) == events[-1]["transcript"]
     assert len(recording.lengths) >= 2 and recording.lengths[-1] > 7 * SAMPLE_RATE  # the final saw the whole turn
+
+
+class Overlapping(Scripted):
+    """Scripted, each decode taking 0.3 s; counts how many partial decodes (cancellable for a final) ran at once,
+    and notes for each decode whether it was one."""
+
+    def __init__(self, pipeline):
+        super().__init__(pipeline)
+        self.realtime = None
+        self.lock, self.running, self.most, self.kinds = threading.Lock(), 0, 0, []
+
+    def transcribe(self, audio, config, cancel=None, on_window=None):
+        partial = cancel in self.realtime.partial_cancels
+        with self.lock:
+            self.kinds.append((len(audio), partial))
+            self.running += partial
+            self.most = max(self.most, self.running)
+        try:
+            time.sleep(0.3)
+            return super().transcribe(audio, config, cancel, on_window)
+        finally:
+            with self.lock:
+                self.running -= partial
+
+
+def _two_speakers(tiny, **settings) -> Overlapping:
+    """Two sessions stream the sample (8 s of speech, then silence) at once, at twice real time."""
+    speech = decode_audio(SAMPLE.read_bytes())[:8 * SAMPLE_RATE]
+    audio = np.concatenate([np.zeros(SAMPLE_RATE // 2, np.float32), speech, np.zeros(SAMPLE_RATE, np.float32)])
+    overlapping = Overlapping(tiny)
+    app = create_app(overlapping, ServerSettings(), RealtimeSettings(**settings))
+    overlapping.realtime = app.state.realtime
+    data, step = pcm(audio), 4800  # 100 ms
+    with TestClient(app) as client, connect(client) as first, connect(client) as second:
+        for ws in (first, second):
+            ws.receive_json()
+        for start in range(0, len(data), step):
+            for ws in (first, second):
+                ws.send_json(append(data[start:start + step]))
+            time.sleep(0.05)
+        for ws in (first, second):
+            until(ws, "conversation.item.input_audio_transcription.completed")
+    return overlapping
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_partial_decodes_take_turns_server_wide(tiny, slots):
+    """REALTIME_PARTIAL_DECODES: two sessions speaking at once never have more partial decodes in flight."""
+    overlapping = _two_speakers(tiny, partial_interval_s=0.2, early_decode_ms=0, partial_decodes=slots)
+    assert sum(partial for _, partial in overlapping.kinds) >= 4
+    assert overlapping.most == slots
+
+
+def test_the_early_decode_is_a_final_no_other_session_gives_up(tiny):
+    """The decode started in a pause is not among the partials another session's final cancels, and while it
+    waits no partial starts (its audio ends at the pause, before the committed end)."""
+    overlapping = _two_speakers(tiny, partial_interval_s=0, early_decode_ms=100)
+    assert overlapping.kinds and not any(partial for _, partial in overlapping.kinds)
 
 
 # --- real speech, real model, a real socket ------------------------------------------------------------------------
