@@ -2,7 +2,8 @@
 
 What it changes and why: transformers' `generate()` runs the encoder twice when it has to detect the language;
 fp32 decoding steps are dominated by products of a few rows with weights streamed from memory, which MKL does
-faster in the transposed layout; the suppress-token mask was rebuilt every step; word timestamps left the model
+faster in the transposed layout; the vocabulary product is the largest of them (`RescoredLogitsHead`: int8, what
+decoding reads recomputed exactly); the suppress-token masks were rebuilt every step; word timestamps left the model
 on eager attention for good; torch's CPU SDPA kernel is slow for one bf16 query over the encoder frames; and a
 decoding step's hundreds of tiny ops, split over two OpenMP threads, each wait for the slower thread, which on a
 shared CPU is often descheduled (`decode_threads`).
