@@ -326,7 +326,7 @@ class Overlapping(Scripted):
     def __init__(self, pipeline):
         super().__init__(pipeline)
         self.realtime = None
-        self.lock, self.running, self.most, self.kinds = threading.Lock(), 0, 0, []
+        self.lock, self.running, self.most, self.kinds, self.given_up = threading.Lock(), 0, 0, [], []
 
     def transcribe(self, audio, config, cancel=None, on_window=None):
         partial = cancel in self.realtime.partial_cancels
@@ -340,6 +340,8 @@ class Overlapping(Scripted):
         finally:
             with self.lock:
                 self.running -= partial
+                if partial and cancel.is_set():
+                    self.given_up.append(len(audio))
 
 
 def _two_speakers(tiny, **settings) -> Overlapping:
@@ -375,6 +377,26 @@ def test_the_early_decode_is_a_final_no_other_session_gives_up(tiny):
     waits no partial starts (its audio ends at the pause, before the committed end)."""
     overlapping = _two_speakers(tiny, partial_interval_s=0, early_decode_ms=100)
     assert overlapping.kinds and not any(partial for _, partial in overlapping.kinds)
+
+
+def test_a_pause_spares_its_own_sessions_partial_in_flight(tiny):
+    """The decode a pause starts does not give up the same session's partial (the speaker may go on, and that partial
+    is nearly done); the final at the end of the turn still does. Partials back to back, 0.3 s each: several pauses'
+    early decodes find one in flight."""
+    speech = decode_audio(SAMPLE.read_bytes())
+    pause = np.zeros(int(0.3 * SAMPLE_RATE), np.float32)  # under silence_duration_ms: the turn goes on
+    parts = [np.zeros(SAMPLE_RATE // 2, np.float32)]
+    for second in range(0, 8, 2):
+        parts += [speech[second * SAMPLE_RATE:(second + 2) * SAMPLE_RATE], pause]
+    overlapping = Overlapping(tiny)
+    app = create_app(overlapping, ServerSettings(), RealtimeSettings(partial_interval_s=0.05, early_decode_ms=100))
+    overlapping.realtime = app.state.realtime
+    events = _turns(app, np.concatenate([*parts, np.zeros(SAMPLE_RATE, np.float32)]))
+    assert [e["type"] for e in events].count("input_audio_buffer.speech_started") == 1
+    partials = [length for length, partial in overlapping.kinds if partial]
+    assert len(partials) >= 4 and len(overlapping.kinds) > len(partials)  # partials, and early decodes or a final
+    turn = max(length for length, _ in overlapping.kinds)
+    assert all(length > turn - SAMPLE_RATE for length in overlapping.given_up), (overlapping.given_up, turn)
 
 
 # --- real speech, real model, a real socket ------------------------------------------------------------------------
