@@ -131,12 +131,19 @@ class RescoredLogitsHead(nn.Module):
             warnings.simplefilter("ignore")
             self.text = torch.ao.nn.quantized.dynamic.Linear.from_float(text)
         self.register_buffer("special", weight.detach()[first_special:].float().clone(), persistent=False)
+        self.register_buffer("text_sums", self.text.weight().dequantize().sum(1), persistent=False)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if hidden.dim() != 3 or hidden.shape[1] != 1 or hidden.device.type != "cpu":
             return cpu_linear(hidden, self.weight)
         rows = hidden[:, 0].float()
-        text = self.text(rows)
+        # int8 activations share one scale per call: each row mapped onto exactly [-1, 1] first, so a window's
+        # logits do not depend on the rows batched with it (W x = half * W unit + center * W 1)
+        low, high = rows.amin(-1, keepdim=True), rows.amax(-1, keepdim=True)
+        center, half = (high + low) / 2, ((high - low) / 2).clamp_min(1e-12)
+        unit = ((rows - center) / half).clamp_(-1, 1)
+        unit.scatter_(1, rows.argmax(-1, keepdim=True), 1.0).scatter_(1, rows.argmin(-1, keepdim=True), -1.0)
+        text = self.text(unit) * half + center * self.text_sums
         best = text.topk(min(self.top, text.shape[-1]), dim=-1).indices
         exact = torch.einsum("rd,rkd->rk", rows, self.weight[best].float())
         text.scatter_(1, best, exact)

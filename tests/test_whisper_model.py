@@ -116,6 +116,10 @@ def test_rescored_head_is_exact_where_decoding_reads_it(dtype):
     assert 0 < rounding < 0.02 * expected.abs().max()  # the int8 part is used, and close
     prompt = torch.randn(2, 3, 64).to(dtype)
     assert torch.equal(head(prompt), LogitsHead(weight)(prompt))
+    # a row's logits do not depend on the rows decoded with it (int8 activations share one scale per call)
+    spread = hidden * torch.tensor([1.0, 5.0, 0.2, 1.0, 3.0]).to(dtype)[:, None, None]
+    alone = torch.cat([head(spread[i:i + 1]) for i in range(5)])
+    torch.testing.assert_close(head(spread), alone, rtol=0, atol=1e-5)
 
 
 def test_the_rescored_head_decodes_what_the_stock_class_decodes(tiny_models):
