@@ -151,9 +151,11 @@ class RescoredLogitsHead(nn.Module):
 
 
 def rescored_head(model: "FastWhisper") -> "FastWhisper":
-    """`RescoredLogitsHead` as the logits head of a CPU FastWhisper whose head is float (not int8-quantized); in
-    place. The special tokens start at the end-of-text token."""
-    if model.device.type == "cpu" and isinstance(model.proj_out, LogitsHead):
+    """`RescoredLogitsHead` as the logits head of a CPU FastWhisper whose head is float (not int8-quantized), where
+    torch's quantized engine is x86's; in place. The special tokens start at the end-of-text token."""
+    # fbgemm's int8 kernels (x86); elsewhere (ARM's qnnpack) the exact head stays
+    if (model.device.type == "cpu" and isinstance(model.proj_out, LogitsHead)
+            and torch.backends.quantized.engine in ("x86", "fbgemm")):
         first_special = model.generation_config.eos_token_id
         first_special = first_special[0] if isinstance(first_special, list) else first_special
         model.proj_out = RescoredLogitsHead(model.proj_out.weight, first_special)
@@ -177,15 +179,20 @@ def quantize_int8(model: "FastWhisper") -> "FastWhisper":
     return model
 
 
+def _suppressed(processor: LogitsProcessor, tokens: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """`scores` with `tokens` at -inf, through a vocabulary mask built once per processor."""
+    mask = getattr(processor, "_mask", None)
+    if mask is None or mask.shape[0] != scores.shape[-1] or mask.device != scores.device:
+        vocabulary = torch.arange(scores.shape[-1], device=scores.device)
+        mask = processor._mask = torch.isin(vocabulary, tokens.to(scores.device))
+    return torch.where(mask, -float("inf"), scores)
+
+
 class CachedSuppressTokens(SuppressTokensLogitsProcessor):
     """The same rule, its vocabulary mask built once: `torch.isin` over 51k tokens cost about 1 ms every step."""
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-        mask = getattr(self, "_mask", None)
-        if mask is None or mask.shape[0] != scores.shape[-1] or mask.device != scores.device:
-            vocabulary = torch.arange(scores.shape[-1], device=scores.device)
-            mask = self._mask = torch.isin(vocabulary, self.suppress_tokens.to(scores.device))
-        return torch.where(mask, -float("inf"), scores)
+        return _suppressed(self, self.suppress_tokens, scores)
 
 
 class CachedSuppressTokensAtBegin(SuppressTokensAtBeginLogitsProcessor):
@@ -194,11 +201,7 @@ class CachedSuppressTokensAtBegin(SuppressTokensAtBeginLogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         if input_ids.shape[-1] != self.begin_index:
             return scores
-        mask = getattr(self, "_mask", None)
-        if mask is None or mask.shape[0] != scores.shape[-1] or mask.device != scores.device:
-            vocabulary = torch.arange(scores.shape[-1], device=scores.device)
-            mask = self._mask = torch.isin(vocabulary, self.begin_suppress_tokens.to(scores.device))
-        return torch.where(mask, -float("inf"), scores)
+        return _suppressed(self, self.begin_suppress_tokens, scores)
 
 
 _CACHED = {SuppressTokensLogitsProcessor: CachedSuppressTokens,

@@ -122,6 +122,14 @@ def test_rescored_head_is_exact_where_decoding_reads_it(dtype):
     torch.testing.assert_close(head(spread), alone, rtol=0, atol=1e-5)
 
 
+def test_the_exact_head_stays_where_the_int8_engine_is_not_x86s(tiny_models, monkeypatch):
+    from whisper_model import rescored_head
+
+    monkeypatch.setattr(torch.backends.quantized, "engine", "qnnpack")
+    model = rescored_head(FastWhisper.from_pretrained(tiny_models["main"]))
+    assert type(model.proj_out) is LogitsHead
+
+
 def test_the_rescored_head_decodes_what_the_stock_class_decodes(tiny_models):
     """Greedy tokens, timestamps included, equal transformers' Whisper in fp32 with the pipeline's head."""
     from transformers import WhisperForConditionalGeneration
