@@ -364,6 +364,17 @@ def _two_speakers(tiny, **settings) -> Overlapping:
     return overlapping
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "257", "many", "1.5"])
+def test_partial_decodes_from_env_are_bounded(monkeypatch, value):
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("REALTIME_PARTIAL_DECODES", "3")
+    assert RealtimeSettings().partial_decodes == 3
+    monkeypatch.setenv("REALTIME_PARTIAL_DECODES", value)
+    with pytest.raises(ValidationError, match="partial_decodes"):
+        RealtimeSettings()
+
+
 @pytest.mark.parametrize("slots", [1, 2])
 def test_partial_decodes_take_turns_server_wide(tiny, slots):
     """REALTIME_PARTIAL_DECODES: two sessions speaking at once never have more partial decodes in flight."""
