@@ -127,15 +127,9 @@ class Realtime:
         # finals go first: while one waits, partial decodes are not started and those in flight are given up
         self.finals_pending = 0
         self.partial_cancels: set[threading.Event] = set()
-        self.partial_slots: asyncio.Semaphore | None = None  # made on the serving loop (settings.partial_decodes)
+        self.partial_slots = asyncio.Semaphore(settings.partial_decodes)  # the server-wide turns to run a partial
         # each session has at most a partial and a final decode waiting on the batcher at once
         self.executor = ThreadPoolExecutor(max(1, 2 * settings.max_sessions), thread_name_prefix="realtime")
-
-    def partial_slot(self) -> asyncio.Semaphore:
-        """The server-wide turn to run a partial decode (`async with`)."""
-        if self.partial_slots is None:
-            self.partial_slots = asyncio.Semaphore(self.settings.partial_decodes)
-        return self.partial_slots
 
     async def serve(self, ws: WebSocket) -> None:
         refusal = self._refusal(ws)
@@ -451,7 +445,7 @@ class Session:
         while True:
             started = time.monotonic()
             if self._partial_due(item, decoded):
-                async with self.realtime.partial_slot():
+                async with self.realtime.partial_slots:
                     end = self.total  # the audio grew while this session waited for its turn
                     words = None
                     if self._partial_due(item, decoded):
