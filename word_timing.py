@@ -89,8 +89,8 @@ def pauses(speech: np.ndarray, frame_s: float, min_pause_s: float = MIN_PAUSE_S)
 
 def snap(words: list[Word], speech: np.ndarray, frame_s: float, offset: float = 0.0) -> list[Word]:
     """Move boundaries into the pauses of `speech` (a mask per frame of `frame_s`, starting at `offset` seconds)."""
-    if not speech.any():
-        return words
+    if not speech.any():  # no pause to move into: Whisper's times, made ordered
+        return _ordered([replace(word) for word in words])
     gaps = [(a + offset, b + offset) for a, b in pauses(speech, frame_s)]
     chosen = _assign(words, gaps)
     out = [replace(word) for word in words]

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from conftest import MODELS, ROOT, make_pipeline
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from audio import SAMPLE_RATE, decode_audio
@@ -73,6 +73,7 @@ def words_and_speech(draw):
 
 
 @given(words_and_speech(), st.floats(0, 100))
+@example(([Word(0.0, 0.125, " w0"), Word(0.0, 0.0, " w1")], np.array([False])), 0.0)  # no speech at all: found by CI
 def test_refined_words_never_overlap_or_run_backwards(case, offset):
     words, speech = case
     words = [Word(w.start + offset, w.end + offset, w.text) for w in words]
