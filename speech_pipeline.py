@@ -210,7 +210,7 @@ class SpeechPipeline:
     def _load_asr(self, name: str, token: str | None) -> Any:
         from transformers import AutoConfig, AutoFeatureExtractor, AutoTokenizer, pipeline
 
-        from whisper_model import ATTENTION, FastWhisper, quantize_int8, rescored_head
+        from whisper_model import ATTENTION, FastWhisper, pack_decoder_int8, quantize_int8, rescored_head
 
         model_type = AutoConfig.from_pretrained(name, token=token).model_type
         if model_type != "whisper":
@@ -219,6 +219,7 @@ class SpeechPipeline:
         if self.settings.dtype == "int8":
             quantize_int8(model)
         rescored_head(model)  # CPU: the vocabulary product in int8, what decoding reads exact
+        pack_decoder_int8(model)  # CPU bf16: decoding steps read int8 copies of the decoder weights
         return pipeline("automatic-speech-recognition", model=model.eval(), device=self.device,
                         tokenizer=AutoTokenizer.from_pretrained(name, token=token),
                         feature_extractor=AutoFeatureExtractor.from_pretrained(name, token=token))

@@ -2,8 +2,9 @@
 
 What it changes and why: transformers' `generate()` runs the encoder twice when it has to detect the language;
 fp32 decoding steps are dominated by products of a few rows with weights streamed from memory, which MKL does
-faster in the transposed layout; the vocabulary product is the largest of them (`RescoredLogitsHead`: int8, what
-decoding reads recomputed exactly); the suppress-token masks were rebuilt every step; word timestamps left the model
+faster in the transposed layout, and in bf16 read int8 copies of the decoder weights (`DecodeLinear.pack`: half the
+bytes, words as close to fp32's as bf16's); the vocabulary product is the largest of them (`RescoredLogitsHead`:
+int8, what decoding reads recomputed exactly); the suppress-token masks were rebuilt every step; word timestamps left the model
 on eager attention for good; torch's CPU SDPA kernel is slow for one bf16 query over the encoder frames; and a
 decoding step's hundreds of tiny ops, split over two OpenMP threads, each wait for the slower thread, which on a
 shared CPU is often descheduled (`decode_threads`).
@@ -78,11 +79,35 @@ def cpu_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
+PACKED_ROWS = 12  # past this many rows bf16's own product is faster (both ~11 ms for a decoder's weights, 1 thread)
+
+
 class DecodeLinear(nn.Linear):
-    """A decoder `nn.Linear` computed by `cpu_linear` (same parameters, same state dict)."""
+    """A decoder `nn.Linear` computed by `cpu_linear` (same parameters, same state dict); once `pack()`ed, decoding
+    steps in bf16 (one position a row) use int8 weights instead."""
+
+    # the int8 weight, its bf16 scale per output row, and the same weights in bf16 for steps of many rows
+    packed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def pack(self) -> None:
+        """Keeps an int8 copy of the bf16 weight with a scale per output row (weight-only: activations stay bf16).
+        The prompt's and the encoder frames' products keep the weight itself."""
+        weight = self.weight.detach().float()
+        scales = (weight.abs().amax(1).clamp_min(1e-12) / 127).to(torch.bfloat16)
+        quantized = (weight / scales.float()[:, None]).round().clamp(-127, 127).to(torch.int8)
+        self.packed = (quantized, scales, (quantized.float() * scales.float()[:, None]).to(torch.bfloat16))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return cpu_linear(x, self.weight, self.bias)
+        if self.packed is None or x.dtype != torch.bfloat16 or x.dim() != 3 or x.shape[1] != 1 or not x.shape[0]:
+            return cpu_linear(x, self.weight, self.bias)
+        quantized, scales, dequantized = self.packed
+        rows = x.reshape(x.shape[0], x.shape[-1]).contiguous()
+        # torch's weight-only int8 kernel costs per row: many rows take bf16's product of the same weights
+        out = (torch._weight_int8pack_mm(rows, quantized, scales) if len(rows) <= PACKED_ROWS
+               else nn.functional.linear(rows, dequantized))
+        if self.bias is not None:
+            out += self.bias
+        return out[:, None]
 
 
 class LogitsHead(nn.Module):
@@ -159,6 +184,18 @@ def rescored_head(model: "FastWhisper") -> "FastWhisper":
         first_special = model.generation_config.eos_token_id
         first_special = first_special[0] if isinstance(first_special, list) else first_special
         model.proj_out = RescoredLogitsHead(model.proj_out.weight, first_special)
+    return model
+
+
+def pack_decoder_int8(model: "FastWhisper") -> "FastWhisper":
+    """`DecodeLinear.pack()` for every decoder Linear of a bf16 FastWhisper on an AVX-512 CPU, in place: a decoding
+    step reads each weight from memory once, and int8 halves that (torch's weight-only int8 kernel is vectorised
+    for AVX-512; on AVX2 it was slower than fp32)."""
+    if (model.dtype == torch.bfloat16 and model.device.type == "cpu"
+            and torch.backends.cpu.get_cpu_capability() == "AVX512"):
+        for module in model.model.decoder.modules():
+            if isinstance(module, DecodeLinear):
+                module.pack()
     return model
 
 

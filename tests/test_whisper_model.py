@@ -45,6 +45,53 @@ def test_the_decoders_linear_layers_use_cpu_linear_and_keep_their_weights(tiny_m
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+def test_a_packed_decode_linear_uses_int8_weights_for_bf16_decoding_steps_only():
+    """Decoding steps (one position a row) in bf16: the product with the int8 copy (a scale per row), close to the
+    bf16 one, the same for a row alone or among many rows; the prompt (several positions) and fp32 take the weight."""
+    from whisper_model import PACKED_ROWS
+
+    assert PACKED_ROWS >= 8  # a batch of 8 windows decodes on torch's int8 kernel
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(256, 96).to(torch.bfloat16)
+    linear.__class__ = DecodeLinear
+    steps = {rows: torch.randn(rows, 1, 256, dtype=torch.bfloat16) for rows in (1, 3, 8, PACKED_ROWS + 5)}
+    before = {rows: linear(x) for rows, x in steps.items()}
+    prompt = torch.randn(2, 4, 256, dtype=torch.bfloat16)
+    prompt_before = linear(prompt)
+    linear.pack()
+    weights, scales, dequantized = linear.packed
+    assert weights.dtype == torch.int8 and weights.abs().max() == 127 and scales.shape == (96,)
+    assert (dequantized.float() - linear.weight.float()).abs().max() <= scales.float().max() / 2 * 1.01
+    for rows, x in steps.items():
+        out = linear(x)
+        assert out.shape == (rows, 1, 96) and out.dtype == torch.bfloat16
+        expected = x.float() @ dequantized.float().T + linear.bias.float()
+        torch.testing.assert_close(out.float(), expected, rtol=0.02, atol=0.02)
+        assert not torch.equal(out, before[rows])  # the int8 weights were used
+        assert (out.float() - before[rows].float()).abs().max() < 0.05 * before[rows].float().abs().max()
+        alone = torch.cat([linear(row[None]) for row in x])  # through the int8 kernel, row by row
+        torch.testing.assert_close(out, alone, rtol=0.01, atol=0.02)
+        if rows <= 8:
+            assert torch.equal(out, alone)
+    assert torch.equal(linear(prompt), prompt_before)
+    x32 = torch.randn(2, 1, 256)
+    linear32 = torch.nn.Linear(256, 96)
+    linear32.__class__ = DecodeLinear
+    reference = linear32(x32)
+    linear32.pack()
+    assert torch.equal(linear32(x32), reference)
+
+
+@pytest.mark.parametrize("dtype, capability, packed", [("bfloat16", "AVX512", True), ("float32", "AVX512", False),
+                                                       ("bfloat16", "AVX2", False)])
+def test_the_pipeline_packs_the_decoder_in_bf16_on_avx512_only(tiny_models, monkeypatch, dtype, capability, packed):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    model = make_pipeline(tiny_models["main"], dtype=dtype).asr.model
+    linears = [m for m in model.model.decoder.modules() if isinstance(m, DecodeLinear)]
+    assert linears and all((m.packed is not None) is packed for m in linears)
+    assert not any(isinstance(m, DecodeLinear) for m in model.model.encoder.modules())
+
+
 def test_logits_head_in_bf16_is_the_linear_layer():
     torch.manual_seed(0)
     weight = torch.nn.Parameter(torch.randn(1000, 64, dtype=torch.bfloat16))
