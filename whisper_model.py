@@ -110,6 +110,34 @@ class DecodeLinear(nn.Linear):
         return out[:, None]
 
 
+class CrossProjections:
+    """What the cross-attention key and value projections of one generate() call share: the encoder's thread count
+    and each projection's last input and output (language detection and the prompt project the same frames)."""
+
+    def __init__(self) -> None:
+        self.threads = 0  # 0: outside generate(), nothing is kept
+        self.outputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+class CrossLinear(DecodeLinear):
+    """A cross-attention key or value projection of the encoder frames (1500 rows a window): a big product, run on
+    the encoder's threads, and computed once per generate() call for the same frames."""
+
+    shared: CrossProjections | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shared = self.shared
+        if shared is None or not shared.threads:
+            return super().forward(x)
+        kept = shared.outputs.get(id(self))
+        if kept is not None and kept[0] is x:  # the very tensor: the encoder's cached output
+            return kept[1]
+        with _threads(shared.threads):
+            out = super().forward(x)
+        shared.outputs[id(self)] = (x, out)
+        return out
+
+
 class LogitsHead(nn.Module):
     """`proj_out`, tied to the token embeddings, computed by `cpu_linear`."""
 
@@ -194,7 +222,7 @@ def pack_decoder_int8(model: "FastWhisper") -> "FastWhisper":
     if (model.dtype == torch.bfloat16 and model.device.type == "cpu"
             and torch.backends.cpu.get_cpu_capability() == "AVX512"):
         for module in model.model.decoder.modules():
-            if isinstance(module, DecodeLinear):
+            if type(module) is DecodeLinear:  # not the cross-attention keys and values: the encoder frames, not steps
                 module.pack()
     return model
 
@@ -205,7 +233,7 @@ def quantize_int8(model: "FastWhisper") -> "FastWhisper":
     if model.dtype != torch.float32 or model.device.type != "cpu":
         raise ValueError("int8 quantization takes an fp32 model on the CPU")
     for module in model.model.decoder.modules():
-        if type(module) is DecodeLinear:
+        if isinstance(module, DecodeLinear):
             module.__class__ = nn.Linear  # quantize_dynamic swaps exact nn.Linear types only
     with warnings.catch_warnings():  # torch.ao's notices that torchao replaces it: a log line per start-up, no action
         warnings.simplefilter("ignore")
@@ -373,6 +401,10 @@ class FastWhisper(WhisperForConditionalGeneration):
         for module in self.model.decoder.modules():
             if type(module) is nn.Linear:
                 module.__class__ = DecodeLinear
+        self._cross = CrossProjections()
+        for layer in self.model.decoder.layers:
+            for projection in (layer.encoder_attn.k_proj, layer.encoder_attn.v_proj):
+                projection.__class__, projection.shared = CrossLinear, self._cross
         self._encoded: list[tuple[torch.Tensor, Any]] | None = None  # this generate() call's encoder results
         self._meter: _Meter | None = None
         self._no_speech: torch.Tensor | None = None  # this generate() call's no-speech probabilities
@@ -461,7 +493,7 @@ class FastWhisper(WhisperForConditionalGeneration):
         window to `window_stats` when it is a list. `do_sample` with a `temperature` samples per window
         (`_SeededSampling`) when decoding is not beam search or drafted."""
         self._encoded, self._no_speech, self._languages = [], None, []
-        self._encode_threads = torch.get_num_threads()
+        self._encode_threads = self._cross.threads = torch.get_num_threads()
         attention = self.config._attn_implementation
         meter = None
         if input_features is not None and kwargs.get("num_beams", 1) == 1 and "assistant_model" not in kwargs:
@@ -498,5 +530,6 @@ class FastWhisper(WhisperForConditionalGeneration):
         finally:
             # one model for all threads; they take turns (a lock)
             self._encoded, self._meter, self._encode_threads = None, None, 0
+            self._cross.threads, self._cross.outputs = 0, {}
             # word timestamps switch the shared config to eager attention for good: later requests keep SDPA
             self.config._attn_implementation = attention

@@ -39,7 +39,7 @@ def test_the_decoders_linear_layers_use_cpu_linear_and_keep_their_weights(tiny_m
     fast = FastWhisper.from_pretrained(tiny_models["main"])
     stock = WhisperForConditionalGeneration.from_pretrained(tiny_models["main"])
     decoder_linears = [m for m in fast.model.decoder.modules() if isinstance(m, torch.nn.Linear)]
-    assert decoder_linears and all(type(m) is DecodeLinear for m in decoder_linears)
+    assert decoder_linears and all(isinstance(m, DecodeLinear) for m in decoder_linears)
     assert not any(type(m) is DecodeLinear for m in fast.model.encoder.modules())
     ours, theirs = fast.state_dict(), stock.state_dict()
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
@@ -87,8 +87,9 @@ def test_a_packed_decode_linear_uses_int8_weights_for_bf16_decoding_steps_only()
 def test_the_pipeline_packs_the_decoder_in_bf16_on_avx512_only(tiny_models, monkeypatch, dtype, capability, packed):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     model = make_pipeline(tiny_models["main"], dtype=dtype).asr.model
-    linears = [m for m in model.model.decoder.modules() if isinstance(m, DecodeLinear)]
-    assert linears and all((m.packed is not None) is packed for m in linears)
+    linears = [m for m in model.model.decoder.modules() if type(m) is DecodeLinear]
+    assert len(linears) == 8 * model.config.decoder_layers  # all but the cross-attention keys and values
+    assert all((m.packed is not None) is packed for m in linears)
     assert not any(isinstance(m, DecodeLinear) for m in model.model.encoder.modules())
 
 
@@ -274,6 +275,36 @@ def test_decoding_steps_run_on_decode_threads_and_the_encoder_on_all(tiny_models
         for hook in hooks:
             hook.remove()
     assert seen["encoder"] == [2] and len(seen["decoder"]) > 1 and set(seen["decoder"]) == {1}
+
+
+def test_cross_attention_keys_and_values_are_projected_once_a_call_on_the_encoders_threads(tiny_models, monkeypatch):
+    """Language detection and the prompt both attend over the same encoder frames: each key and value projection
+    runs once per generate() call, on torch's thread count, while the decoding steps run on one thread."""
+    import whisper_model
+    from whisper_model import CrossLinear
+
+    model = make_pipeline(tiny_models["main"]).asr.model
+    cross = [m for m in model.model.decoder.modules() if isinstance(m, CrossLinear)]
+    assert len(cross) == 2 * model.config.decoder_layers
+    products: list[int] = []  # the thread count of each product over the 1500 encoder frames of 2 windows
+
+    def counting(x, weight, bias=None):
+        if x.shape[:-1] == (2, 1500):
+            products.append(torch.get_num_threads())
+        return cpu_linear(x, weight, bias)
+
+    monkeypatch.setattr(whisper_model, "cpu_linear", counting)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for _ in range(2):  # nothing is kept from one call to the next
+            products.clear()
+            with torch.inference_mode():
+                model.generate(torch.randn(2, 80, 3000), task="transcribe")  # the language is detected first
+            assert products == [2] * len(cross)
+    finally:
+        torch.set_num_threads(before)
+    assert not model._cross.outputs and not model._cross.threads
 
 
 def test_int8_quantizes_every_linear_layer_and_keeps_the_logits_close(tiny_models):
