@@ -33,6 +33,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 ATTENTION = "sdpa_cpu_decode"  # the attention implementation to load FastWhisper with
+CROSS_THREAD_ROWS = 2  # decoding steps of this many rows attend over the encoder frames on the encoder's threads
 
 
 def sdpa_cpu_decode(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -49,12 +50,14 @@ def sdpa_cpu_decode(module: nn.Module, query: torch.Tensor, key: torch.Tensor, v
         output, _ = sdpa_attention_forward(module, query.float(), key.float(), value.float(), mask,
                                            dropout=dropout, scaling=scaling, **kwargs)
         return output.to(query.dtype), None
-    scores = torch.matmul(query, key.transpose(2, 3)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
-    if attention_mask is not None:
-        scores = (scores.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool
-                  else scores + attention_mask)
-    weights = torch.softmax(scores.float(), dim=-1).to(value.dtype)
-    return torch.matmul(weights, value).transpose(1, 2).contiguous(), None
+    shared = getattr(module, "shared", None)  # FastWhisper's: reading the encoder frames' keys and values is the cost
+    with _threads(shared.threads if shared is not None and query.shape[0] >= CROSS_THREAD_ROWS else None):
+        scores = torch.matmul(query, key.transpose(2, 3)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
+        if attention_mask is not None:
+            scores = (scores.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool
+                      else scores + attention_mask)
+        weights = torch.softmax(scores.float(), dim=-1).to(value.dtype)
+        return torch.matmul(weights, value).transpose(1, 2).contiguous(), None
 
 
 AttentionInterface.register(ATTENTION, sdpa_cpu_decode)
@@ -403,6 +406,7 @@ class FastWhisper(WhisperForConditionalGeneration):
                 module.__class__ = DecodeLinear
         self._cross = CrossProjections()
         for layer in self.model.decoder.layers:
+            layer.encoder_attn.shared = self._cross
             for projection in (layer.encoder_attn.k_proj, layer.encoder_attn.v_proj):
                 projection.__class__, projection.shared = CrossLinear, self._cross
         self._encoded: list[tuple[torch.Tensor, Any]] | None = None  # this generate() call's encoder results
