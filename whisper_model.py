@@ -115,7 +115,8 @@ class DecodeLinear(nn.Linear):
 
 class CrossProjections:
     """What the cross-attention key and value projections of one generate() call share: the encoder's thread count
-    and each projection's last input and output (language detection and the prompt project the same frames)."""
+    and each projection's last input and output until it is used again (language detection and the prompt project
+    the same frames)."""
 
     def __init__(self) -> None:
         self.threads = 0  # 0: outside generate(), nothing is kept
@@ -132,7 +133,7 @@ class CrossLinear(DecodeLinear):
         shared = self.shared
         if shared is None or not shared.threads:
             return super().forward(x)
-        kept = shared.outputs.get(id(self))
+        kept = shared.outputs.pop(id(self), None)  # used once: the prompt's pass keeps its own copy in the cache
         if kept is not None and kept[0] is x:  # the very tensor: the encoder's cached output
             return kept[1]
         with _threads(shared.threads):
