@@ -120,7 +120,8 @@ def image_conflicts(python: Path, image: dict[str, str] | None = None) -> list[s
     from packaging.specifiers import SpecifierSet
 
     image = image or {**IMAGE_TORCH, **dict(pin.split("==") for pin in IMAGE_WEB)}
-    found = json.loads(subprocess.run([str(python), "-c", _REQUIRES_OF], capture_output=True, text=True,
+    # -I: the caller's folder is not on sys.path (a source tree's *.egg-info there would count as installed)
+    found = json.loads(subprocess.run([str(python), "-I", "-c", _REQUIRES_OF], capture_output=True, text=True,
                                       check=True).stdout)
     return sorted({f"{dist} needs {name}{spec}" for dist, name, spec in found
                    if name in image and not SpecifierSet(spec).contains(image[name], prereleases=True)})

@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, encode, tone
 
 NAME = "whisper-diarization-endpoint"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_build_leftovers() -> Iterator[None]:
+    """Building in place leaves build/ and *.egg-info in the source tree: the tests remove what they made (an
+    egg-info in the working folder reads as an installed distribution to a later `python -c`)."""
+    before = set(ROOT.glob("*.egg-info")) | set(ROOT.glob("build"))
+    yield
+    for made in (set(ROOT.glob("*.egg-info")) | set(ROOT.glob("build"))) - before:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
