@@ -207,5 +207,6 @@ def test_huggingface_hub_inference_client(endpoint, monkeypatch):
     with pytest.raises(BadRequestError, match='Content type "None" not supported'):
         client.automatic_speech_recognition(SAMPLE.read_bytes())  # bare bytes have none: the toolkit refuses them
     with_parameters = client.automatic_speech_recognition(SAMPLE, extra_body={"return_timestamps": "word"})
-    assert with_parameters.text == raw.text  # JSON {"inputs": base64, "parameters": {...}}
+    # JSON {"inputs": base64, "parameters": {...}}; word timing decodes with eager attention: a word may differ
+    assert wer(SAMPLE_TEXT, with_parameters.text) <= 0.1 and wer(raw.text, with_parameters.text) <= 0.1
     assert with_parameters.chunks and with_parameters.chunks[0].timestamp[0] < 0.5
