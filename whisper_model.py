@@ -4,10 +4,11 @@ What it changes and why: transformers' `generate()` runs the encoder twice when 
 fp32 decoding steps are dominated by products of a few rows with weights streamed from memory, which MKL does
 faster in the transposed layout, and in bf16 read int8 copies of the decoder weights (`DecodeLinear.pack`: half the
 bytes, words as close to fp32's as bf16's); the vocabulary product is the largest of them (`RescoredLogitsHead`:
-int8, what decoding reads recomputed exactly); the suppress-token masks were rebuilt every step; word timestamps left the model
-on eager attention for good; torch's CPU SDPA kernel is slow for one bf16 query over the encoder frames; and a
-decoding step's hundreds of tiny ops, split over two OpenMP threads, each wait for the slower thread, which on a
-shared CPU is often descheduled (`decode_threads`).
+int8, what decoding reads recomputed exactly); the suppress-token masks were rebuilt every step; word timestamps
+left the model on eager attention for good; torch's CPU SDPA kernel is slow for one bf16 query over the encoder
+frames; the encoder frames' keys and values were projected twice per call (`CrossLinear`); and a decoding step's
+hundreds of tiny ops, split over two OpenMP threads, each wait for the slower thread, which on a shared CPU is often
+descheduled (`decode_threads`; only reading the frames' keys and values for several rows takes both).
 The measured effect of each: docs/benchmarks.md, "What made it faster".
 
 It also reports, per window, what the loop guard of the pipeline needs (`WindowStats`: detected language,

@@ -307,6 +307,38 @@ def test_cross_attention_keys_and_values_are_projected_once_a_call_on_the_encode
     assert not model._cross.outputs and not model._cross.threads
 
 
+def test_cross_attention_of_several_rows_runs_on_the_encoders_threads(monkeypatch):
+    """A bf16 decoding step over the encoder frames: one row stays on the caller's (decoding) thread count, two or
+    more take the encoder's; the result is the same either way."""
+    import whisper_model
+    from whisper_model import CROSS_THREAD_ROWS, CrossProjections
+
+    assert CROSS_THREAD_ROWS == 2
+    module = torch.nn.Module().eval()
+    module.shared = CrossProjections()
+    module.shared.threads = 2
+    seen: list[int] = []
+    matmul = torch.matmul
+    monkeypatch.setattr(whisper_model.torch, "matmul",
+                        lambda a, b: seen.append(torch.get_num_threads()) or matmul(a, b))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for rows, threads in ((1, 1), (3, 2)):
+            seen.clear()
+            query, key, value = (torch.randn(rows, 4, n, 16, dtype=torch.bfloat16) for n in (1, 300, 300))
+            out, _ = sdpa_cpu_decode(module, query, key, value, None)
+            assert seen == [threads, threads] and torch.get_num_threads() == 1
+            monkeypatch.setattr(module, "shared", None)
+            seen.clear()
+            torch.testing.assert_close(sdpa_cpu_decode(module, query, key, value, None)[0], out)
+            assert seen == [1, 1]
+            module.shared = CrossProjections()
+            module.shared.threads = 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_int8_quantizes_every_linear_layer_and_keeps_the_logits_close(tiny_models):
     """DTYPE=int8: every Linear of the encoder, the decoder and the logits head is a dynamically quantized int8
     Linear (no float Linear left), and the int8 model's logits stay near fp32's."""
