@@ -115,12 +115,12 @@ class DecodeLinear(nn.Linear):
 
 
 class CrossProjections:
-    """What the cross-attention key and value projections of one generate() call share: the encoder's thread count
-    and each projection's last input and output until it is used again (language detection and the prompt project
-    the same frames)."""
+    """What the encoder and the cross-attention of one generate() call share: the encoder's thread count, and each
+    key and value projection's last input and output until it is used again (language detection and the prompt
+    project the same frames)."""
 
     def __init__(self) -> None:
-        self.threads = 0  # 0: outside generate(), nothing is kept
+        self.threads = 0  # torch's thread count when generate() began (the encoder's); 0 outside it: nothing is kept
         self.outputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
@@ -417,7 +417,6 @@ class FastWhisper(WhisperForConditionalGeneration):
         self._languages: list[str | None] = []
         self.window_stats: list[WindowStats] | None = None  # a list here collects every window's WindowStats
         self.decode_threads: int | None = None  # torch threads for the decoding steps on CPU (None: torch's count)
-        self._encode_threads = 0  # torch's thread count when this generate() call began: the encoder's
         encoder = self.get_encoder()
         encoder.forward = self._encode_once(encoder.forward)
 
@@ -442,7 +441,7 @@ class FastWhisper(WhisperForConditionalGeneration):
                 for features, output in self._encoded:
                     if features.shape == input_features.shape and torch.equal(features, input_features):
                         return output
-            with _threads(self._encode_threads):  # big GEMMs: every thread pays off, also when decoding has fewer
+            with _threads(self._cross.threads):  # big GEMMs: every thread pays off, also when decoding has fewer
                 output = forward(input_features, *args, **kwargs)
             if cacheable:
                 self._encoded.append((input_features, output))
@@ -499,7 +498,7 @@ class FastWhisper(WhisperForConditionalGeneration):
         window to `window_stats` when it is a list. `do_sample` with a `temperature` samples per window
         (`_SeededSampling`) when decoding is not beam search or drafted."""
         self._encoded, self._no_speech, self._languages = [], None, []
-        self._encode_threads = self._cross.threads = torch.get_num_threads()
+        self._cross.threads = torch.get_num_threads()
         attention = self.config._attn_implementation
         meter = None
         if input_features is not None and kwargs.get("num_beams", 1) == 1 and "assistant_model" not in kwargs:
@@ -535,7 +534,7 @@ class FastWhisper(WhisperForConditionalGeneration):
             return output
         finally:
             # one model for all threads; they take turns (a lock)
-            self._encoded, self._meter, self._encode_threads = None, None, 0
+            self._encoded, self._meter = None, None
             self._cross.threads, self._cross.outputs = 0, {}
             # word timestamps switch the shared config to eager attention for good: later requests keep SDPA
             self.config._attn_implementation = attention
