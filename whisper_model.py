@@ -333,8 +333,11 @@ class _Meter:
         self.bounded = torch.zeros(len(limits), dtype=torch.bool)
         self.start([*range(len(limits))])
 
-    def start(self, rows: list[int]) -> None:
+    def start(self, rows: list[int], left: torch.Tensor | None = None) -> None:
+        """`left`: per row, log-mel frames of its window from where this pass begins, -1 where the pass does not
+        reach the window's end (None: not known)."""
         self.rows = torch.tensor(rows, dtype=torch.long)
+        self.left = left
         self.active = torch.ones(len(rows), dtype=torch.bool)
         self.logprobs: torch.Tensor | None = None
 
@@ -357,6 +360,38 @@ class _Meter:
         self.bounded[self.rows[over]] = True
         self.active &= ~over
         return (~self.active).to(input_ids.device)
+
+
+FINISH_MARGIN_S = 0.5  # a window's last this many seconds may stay untranscribed rather than cost another pass
+TIMESTAMP_FRAMES = 2  # log-mel frames per timestamp token step (0.02 s)
+
+
+class _FinishWindows(LogitsProcessor):
+    """No end of text right after a segment's opening timestamp while more than FINISH_MARGIN_S of the window's
+    audio follows it: the model transcribes that segment in this pass.
+
+    Whisper ends a window with an opening timestamp when it takes the last segment for cut off, and transformers
+    then encodes the window again from there: a whole encoder pass for a tail. The pipeline's windows end where the
+    VAD's speech ends, so nothing is cut off; the tails decoded again were slower and less accurate (one was an
+    invented "Thank you."; figures: docs/benchmarks.md, "Continuation passes")."""
+
+    def __init__(self, meter: _Meter, timestamp_begin: int, eos: int):
+        self.meter, self.timestamp_begin, self.eos = meter, timestamp_begin, eos
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        left = self.meter.left
+        if left is None or input_ids.shape[1] < 2:
+            return scores
+        last, before = input_ids[:, -1].cpu(), input_ids[:, -2].cpu()
+        opened = (last >= self.timestamp_begin) & (before >= self.timestamp_begin) & (left >= 0)
+        if not opened.any():
+            return scores
+        at = (last - self.timestamp_begin) * TIMESTAMP_FRAMES
+        going_on = opened & (at < left - FINISH_MARGIN_S * FRAMES_PER_SECOND)
+        if going_on.any():
+            scores = scores.clone()
+            scores[going_on.to(scores.device), self.eos] = -float("inf")
+        return scores
 
 
 class _MeterScores(LogitsProcessor):
@@ -413,6 +448,7 @@ class FastWhisper(WhisperForConditionalGeneration):
                 projection.__class__, projection.shared = CrossLinear, self._cross
         self._encoded: list[tuple[torch.Tensor, Any]] | None = None  # this generate() call's encoder results
         self._meter: _Meter | None = None
+        self._frames: torch.Tensor | None = None  # log-mel frames of each window of this generate() call
         self._no_speech: torch.Tensor | None = None  # this generate() call's no-speech probabilities
         self._languages: list[str | None] = []
         self.window_stats: list[WindowStats] | None = None  # a list here collects every window's WindowStats
@@ -487,9 +523,25 @@ class FastWhisper(WhisperForConditionalGeneration):
     def generate_with_fallback(self, segment_input: torch.Tensor, decoder_input_ids: torch.Tensor, cur_bsz: int,
                                seek: torch.Tensor, batch_idx_map: list[int], *args: Any, **kwargs: Any) -> Any:
         if self._meter is not None:  # a window decoded again from its last timestamp keeps its count
-            self._meter.start(list(batch_idx_map[:cur_bsz]))
+            rows = list(batch_idx_map[:cur_bsz])
+            left = None
+            if self._frames is not None:
+                left = self._frames[rows] - seek.cpu()[rows]
+                left[left > segment_input.shape[-1]] = -1  # a window longer than 30 s: this pass sees part of it
+            self._meter.start(rows, left)
         return super().generate_with_fallback(segment_input, decoder_input_ids, cur_bsz, seek, batch_idx_map,
                                               *args, **kwargs)
+
+    def _retrieve_segment(self, *args: Any, **kwargs: Any) -> tuple[list[dict], Any]:
+        """transformers' segments of one row's pass and how far it got; a window that stopped within FINISH_MARGIN_S
+        of its audio's end is done (`_FinishWindows`), where transformers would decode that tail again."""
+        segments, offset = super()._retrieve_segment(*args, **kwargs)
+        left = self._meter.left if self._meter is not None else None
+        frames = kwargs["seek_num_frames"][kwargs["prev_idx"]]
+        tail = left[kwargs["idx"]] - offset if left is not None else -1
+        if offset < frames and 0 <= tail <= FINISH_MARGIN_S * FRAMES_PER_SECOND:
+            return segments, frames
+        return segments, offset
 
     def generate(self, input_features: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                  max_tokens_per_second: float | None = None, token_margin: int = 16, **kwargs: Any) -> Any:
@@ -507,7 +559,11 @@ class FastWhisper(WhisperForConditionalGeneration):
             limits = (token_limits(frames, max_tokens_per_second, token_margin) if max_tokens_per_second
                       else torch.full((len(frames),), self.config.max_target_positions))
             meter = self._meter = _Meter(limits, self.generation_config.eos_token_id)
+            self._frames = frames
             processors = [*(kwargs.get("logits_processor") or []), _MeterScores(meter)]
+            no_timestamps = getattr(self.generation_config, "no_timestamps_token_id", None)
+            if no_timestamps is not None:  # before the meter: the log-probabilities are of what may be chosen
+                processors.insert(-1, _FinishWindows(meter, no_timestamps + 1, self.generation_config.eos_token_id))
             temperature = kwargs.pop("temperature", None)
             if kwargs.pop("do_sample", False) and temperature:
                 seeds = [zlib.crc32(row.float().cpu().numpy().tobytes()) ^ round(temperature * 1000)
@@ -534,7 +590,7 @@ class FastWhisper(WhisperForConditionalGeneration):
             return output
         finally:
             # one model for all threads; they take turns (a lock)
-            self._encoded, self._meter = None, None
+            self._encoded, self._meter, self._frames = None, None, None
             self._cross.threads, self._cross.outputs = 0, {}
             # word timestamps switch the shared config to eager attention for good: later requests keep SDPA
             self.config._attn_implementation = attention

@@ -375,3 +375,46 @@ def test_the_server_reports_int8_for_a_quantized_model(tiny_models):
     for dtype, shown in (("int8", "int8"), ("float32", "float32")):
         pipeline = make_pipeline(tiny_models["main"], dtype=dtype)
         assert Service.model_info(SimpleNamespace(pipeline=pipeline))["dtype"] == shown
+
+
+def test_a_window_goes_on_after_an_opening_timestamp_unless_its_audio_ends_within_the_margin():
+    from whisper_model import FINISH_MARGIN_S, FRAMES_PER_SECOND, _FinishWindows, _Meter
+
+    eos, first = 50257, 50365  # <|endoftext|>, <|0.00|>
+    meter = _Meter(torch.full((4,), 100), eos)
+    meter.start([0, 1, 2, 3], left=torch.tensor([3000, 3000, 1000, -1]))
+    finish = _FinishWindows(meter, first, eos)
+    # timestamp steps of 0.02 s: 20 s and 29.6 s of 30 s, 8 s of 10 s, 2 s into a pass that does not reach the end
+    opened_at = {0: 1000, 1: 1480, 2: 400, 3: 100}
+    ids = torch.tensor([[50258, 400, first + step, first + step] for step in opened_at.values()])
+    scores = finish(ids, torch.zeros(4, 51865))
+    assert FINISH_MARGIN_S * FRAMES_PER_SECOND > 3000 - 2 * 1480
+    assert scores[:, eos].tolist() == [-float("inf"), 0.0, -float("inf"), 0.0]
+    assert (scores[:, :eos] == 0).all()
+    text_last = ids.clone()
+    text_last[:, -1] = 400  # a segment's text, or a closing timestamp after text: the stock rules decide
+    assert (finish(text_last, torch.zeros(4, 51865)) == 0).all()
+    closed = ids.clone()
+    closed[:, -2] = 400
+    assert (finish(closed, torch.zeros(4, 51865)) == 0).all()
+
+
+def test_a_window_that_stops_within_the_margin_of_its_end_is_not_decoded_again(tiny_models):
+    from whisper_model import _Meter
+
+    model = FastWhisper.from_pretrained(tiny_models["main"])
+    first = model.generation_config.no_timestamps_token_id + 1
+    model._meter = _Meter(torch.full((2,), 100), model.generation_config.eos_token_id)
+    model._meter.start([0, 1], left=torch.tensor([2933, 2933]))
+
+    def offset(opened_at: int, row: int) -> int:
+        sequence = torch.tensor([first, 400, 401, first + opened_at, first + opened_at])
+        segments, frames = model._retrieve_segment(
+            seek_sequence=sequence, seek_outputs=[{}, {}], time_offset=torch.zeros(2), timestamp_begin=first,
+            seek_num_frames=torch.tensor([3000, 3000]), time_precision=0.02, time_precision_features=0.01,
+            input_stride=2, prev_idx=row, idx=row, return_token_timestamps=False, decoder_input_ids=torch.zeros(2, 3))
+        assert len(segments) == 1 and float(segments[0]["end"]) == opened_at * 0.02
+        return int(frames)
+
+    assert offset(1448, 0) == 3000  # 28.96 s of a 29.33 s window: the rest is under the margin
+    assert offset(1000, 1) == 2000  # 20 s: transformers decodes the window again from there
