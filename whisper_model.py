@@ -8,7 +8,9 @@ int8, what decoding reads recomputed exactly); the suppress-token masks were reb
 left the model on eager attention for good; torch's CPU SDPA kernel is slow for one bf16 query over the encoder
 frames; the encoder frames' keys and values were projected twice per call (`CrossLinear`); and a decoding step's
 hundreds of tiny ops, split over two OpenMP threads, each wait for the slower thread, which on a shared CPU is often
-descheduled (`decode_threads`; only reading the frames' keys and values for several rows takes both).
+descheduled (`decode_threads`; only reading the frames' keys and values for several rows takes both); each cached
+decoding step went through transformers' per-layer plumbing (`_decoder_step` runs the same modules without it); and
+a window Whisper ended at an opening timestamp was encoded again for its tail (`_FinishWindows`).
 The measured effect of each: docs/benchmarks.md, "What made it faster".
 
 It also reports, per window, what the loop guard of the pipeline needs (`WindowStats`: detected language,
@@ -27,11 +29,13 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 from transformers import AttentionInterface, WhisperForConditionalGeneration
+from transformers.cache_utils import EncoderDecoderCache
 from transformers.generation.logits_process import (LogitsProcessor, LogitsProcessorList,
                                                     SuppressTokensAtBeginLogitsProcessor, SuppressTokensLogitsProcessor)
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.modeling_outputs import Seq2SeqLMOutput
 
 ATTENTION = "sdpa_cpu_decode"  # the attention implementation to load FastWhisper with
 CROSS_THREAD_ROWS = 2  # decoding steps of this many rows attend over the encoder frames on the encoder's threads
@@ -288,6 +292,11 @@ def _cached(processors: Any) -> Any:
     return processors
 
 
+def _heads(states: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """(rows, 1, heads * head_dim) -> (rows, heads, 1, head_dim), contiguous (WhisperAttention's layout)."""
+    return states.view(states.shape[0], 1, -1, head_dim).transpose(1, 2).contiguous()
+
+
 @contextlib.contextmanager
 def _threads(count: int | None) -> Iterator[None]:
     """Torch (OpenMP) on `count` threads in the calling thread for the block; None or 0 leaves it as it is."""
@@ -484,6 +493,56 @@ class FastWhisper(WhisperForConditionalGeneration):
             return output
 
         return encode
+
+    # what generate() passes for a decoding step; anything else (attentions for word timestamps, labels, embeddings,
+    # position ids) takes transformers' own forward
+    _STEP_KEYS = frozenset({"decoder_input_ids", "decoder_attention_mask", "encoder_outputs", "past_key_values",
+                            "attention_mask", "use_cache", "return_dict", "output_attentions", "output_hidden_states"})
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """transformers' forward; a greedy or sampled decoding step on CPU (one new token a row, keys and values
+        cached) computes the same operations on the same modules without transformers' per-layer plumbing (masks,
+        output capture, cache dispatch), which cost a fifth of a whisper-base step (docs/benchmarks.md)."""
+        if args or not self._fast_step(kwargs):
+            return super().forward(*args, **kwargs)
+        ids, cache = kwargs["decoder_input_ids"], kwargs["past_key_values"]
+        return Seq2SeqLMOutput(logits=self.proj_out(self._decoder_step(ids, cache)), past_key_values=cache)
+
+    def _fast_step(self, kwargs: dict[str, Any]) -> bool:
+        ids, cache, mask = kwargs.get("decoder_input_ids"), kwargs.get("past_key_values"), \
+            kwargs.get("decoder_attention_mask")
+        return (not self.training and self.device.type == "cpu" and self.config._attn_implementation == ATTENTION
+                and kwargs.keys() <= self._STEP_KEYS and kwargs.get("use_cache") is not False
+                and not kwargs.get("output_attentions") and not kwargs.get("output_hidden_states")
+                and ids is not None and ids.dim() == 2 and ids.shape[1] == 1
+                and isinstance(cache, EncoderDecoderCache) and cache.get_seq_length() > 0
+                and all(cache.is_updated.get(layer.encoder_attn.layer_idx) for layer in self.model.decoder.layers)
+                and (mask is None or bool(mask.all())))
+
+    def _decoder_step(self, ids: torch.Tensor, cache: EncoderDecoderCache) -> torch.Tensor:
+        """WhisperDecoder's forward for one cached step in eval mode (no dropout, no mask): its layers' modules in
+        the same order, the keys and values appended to and read from transformers' own cache."""
+        decoder = self.model.decoder
+        rows = ids.shape[0]
+        hidden = decoder.embed_tokens(ids) + decoder.embed_positions.weight[cache.get_seq_length()]
+        for layer in decoder.layers:
+            residual, states = hidden, layer.self_attn_layer_norm(hidden)
+            attention = layer.self_attn
+            query = _heads(attention.q_proj(states) * attention.scaling, attention.head_dim)
+            key, value = cache.self_attention_cache.update(_heads(attention.k_proj(states), attention.head_dim),
+                                                           _heads(attention.v_proj(states), attention.head_dim),
+                                                           attention.layer_idx)
+            out, _ = sdpa_cpu_decode(attention, query, key, value, None, scaling=1.0)
+            hidden = residual + attention.out_proj(out.reshape(rows, 1, -1))
+            residual, states = hidden, layer.encoder_attn_layer_norm(hidden)
+            attention = layer.encoder_attn
+            query = _heads(attention.q_proj(states) * attention.scaling, attention.head_dim)
+            frames = cache.cross_attention_cache.layers[attention.layer_idx]
+            out, _ = sdpa_cpu_decode(attention, query, frames.keys, frames.values, None, scaling=1.0)
+            hidden = residual + attention.out_proj(out.reshape(rows, 1, -1))
+            residual, states = hidden, layer.final_layer_norm(hidden)
+            hidden = residual + layer.fc2(layer.activation_fn(layer.fc1(states)))
+        return decoder.layer_norm(hidden)
 
     def _retrieve_logit_processors(self, *args: Any, **kwargs: Any) -> Any:
         return _cached(super()._retrieve_logit_processors(*args, **kwargs))

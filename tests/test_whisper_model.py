@@ -1,5 +1,7 @@
 """whisper_model: the fast model class computes what transformers' Whisper computes."""
 
+import copy
+
 import pytest
 import torch
 from conftest import make_pipeline
@@ -263,7 +265,7 @@ def test_decoding_steps_run_on_decode_threads_and_the_encoder_on_all(tiny_models
     assert make_pipeline(tiny_models["main"], decode_threads=0).whisper.decode_threads is None
     seen: dict[str, list[int]] = {"encoder": [], "decoder": []}
     hooks = [module.register_forward_hook(lambda *args, part=part: seen[part].append(torch.get_num_threads()))
-             for part, module in (("encoder", model.get_encoder().conv1), ("decoder", model.model.decoder.layers[0]))]
+             for part, module in (("encoder", model.get_encoder().conv1), ("decoder", model.model.decoder.layers[0].fc1))]
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -418,3 +420,41 @@ def test_a_window_that_stops_within_the_margin_of_its_end_is_not_decoded_again(t
 
     assert offset(1448, 0) == 3000  # 28.96 s of a 29.33 s window: the rest is under the margin
     assert offset(1000, 1) == 2000  # 20 s: transformers decodes the window again from there
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_decoding_steps_compute_what_transformers_forward_computes(tiny_models, monkeypatch, dtype):
+    """Greedy and sampled, three rows: the same tokens with `_decoder_step` as through transformers' forward;
+    word timestamps (cross-attention weights wanted) take transformers' forward."""
+    from whisper_model import ATTENTION
+
+    model = FastWhisper.from_pretrained(tiny_models["main"], dtype=dtype, attn_implementation=ATTENTION).eval()
+    steps = []
+    fast_step = FastWhisper._decoder_step
+    monkeypatch.setattr(FastWhisper, "_decoder_step", lambda self, *args: steps.append(1) or fast_step(self, *args))
+    torch.manual_seed(2)
+    features = torch.randn(3, 80, 3000).to(dtype)
+    for options in ({}, {"do_sample": True, "temperature": 0.6}):
+        with torch.inference_mode():
+            ours = model.generate(features, task="transcribe", return_timestamps=True, **options)
+            assert steps
+            with monkeypatch.context() as patched:
+                patched.setattr(FastWhisper, "_fast_step", lambda self, kwargs: False)
+                theirs = model.generate(features, task="transcribe", return_timestamps=True, **options)
+        assert torch.equal(ours, theirs)
+        steps.clear()
+    with torch.inference_mode():
+        model.generate(features, task="transcribe", return_timestamps=True, return_token_timestamps=True)
+    assert not steps
+    with torch.inference_mode():  # one step, both ways, from the same cache: the same logits and cache, exactly
+        encoded = model.get_encoder()(features)
+        start = torch.tensor([[50258, 50259, 50359]] * 3)
+        cache = model(encoder_outputs=encoded, decoder_input_ids=start, use_cache=True).past_key_values
+        other = copy.deepcopy(cache)
+        token = torch.tensor([[400], [50365], [1000]])
+        ours = model(encoder_outputs=encoded, decoder_input_ids=token, past_key_values=cache, use_cache=True)
+        monkeypatch.setattr(FastWhisper, "_fast_step", lambda self, kwargs: False)
+        theirs = model(encoder_outputs=encoded, decoder_input_ids=token, past_key_values=other, use_cache=True)
+    assert len(steps) == 1 and torch.equal(ours.logits, theirs.logits)
+    for mine, reference in zip(cache.self_attention_cache.layers, other.self_attention_cache.layers):
+        assert torch.equal(mine.keys, reference.keys) and torch.equal(mine.values, reference.values)
