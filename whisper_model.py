@@ -457,6 +457,7 @@ class FastWhisper(WhisperForConditionalGeneration):
                 projection.__class__, projection.shared = CrossLinear, self._cross
         self._encoded: list[tuple[torch.Tensor, Any]] | None = None  # this generate() call's encoder results
         self._meter: _Meter | None = None
+        self._alive: torch.Tensor | None = None  # rows of this pass left in the step cache (None: all of them)
         self._frames: torch.Tensor | None = None  # log-mel frames of each window of this generate() call
         self._no_speech: torch.Tensor | None = None  # this generate() call's no-speech probabilities
         self._languages: list[str | None] = []
@@ -504,9 +505,29 @@ class FastWhisper(WhisperForConditionalGeneration):
         cached) computes the same operations on the same modules without transformers' per-layer plumbing (masks,
         output capture, cache dispatch), which cost a fifth of a whisper-base step (docs/benchmarks.md)."""
         if args or not self._fast_step(kwargs):
+            if self._alive is not None:  # the cache holds fewer rows than transformers' batch now
+                raise RuntimeError("a decoding step left the fast path after finished rows left its cache")
             return super().forward(*args, **kwargs)
         ids, cache = kwargs["decoder_input_ids"], kwargs["past_key_values"]
-        return Seq2SeqLMOutput(logits=self.proj_out(self._decoder_step(ids, cache)), past_key_values=cache)
+        alive = self._shrink(cache, ids.shape[0])
+        logits = self.proj_out(self._decoder_step(ids if alive is None else ids[alive], cache))
+        if alive is not None:  # finished rows: transformers pads them whatever their logits
+            logits = logits.new_zeros((ids.shape[0], *logits.shape[1:])).index_copy_(0, alive, logits)
+        return Seq2SeqLMOutput(logits=logits, past_key_values=cache)
+
+    def _shrink(self, cache: EncoderDecoderCache, rows: int) -> torch.Tensor | None:
+        """The rows of this pass still decoding, as indices, once some have finished (None: all): finished rows
+        leave the step cache, so a step reads the encoder frames' keys and values of live rows only."""
+        meter = self._meter
+        if meter is None or len(meter.active) != rows:
+            return self._alive
+        alive = self._alive if self._alive is not None else torch.arange(rows)
+        live = meter.active[alive]
+        if live.all() or not live.any():  # none finished, or all: transformers stops before the next step
+            return self._alive
+        cache.batch_select_indices(live.nonzero()[:, 0].to(self.device))
+        self._alive = alive[live].to(self.device)
+        return self._alive
 
     def _fast_step(self, kwargs: dict[str, Any]) -> bool:
         ids, cache, mask = kwargs.get("decoder_input_ids"), kwargs.get("past_key_values"), \
@@ -581,6 +602,7 @@ class FastWhisper(WhisperForConditionalGeneration):
 
     def generate_with_fallback(self, segment_input: torch.Tensor, decoder_input_ids: torch.Tensor, cur_bsz: int,
                                seek: torch.Tensor, batch_idx_map: list[int], *args: Any, **kwargs: Any) -> Any:
+        self._alive = None
         if self._meter is not None:  # a window decoded again from its last timestamp keeps its count
             rows = list(batch_idx_map[:cur_bsz])
             left = None
@@ -649,7 +671,7 @@ class FastWhisper(WhisperForConditionalGeneration):
             return output
         finally:
             # one model for all threads; they take turns (a lock)
-            self._encoded, self._meter, self._frames = None, None, None
+            self._encoded, self._meter, self._frames, self._alive = None, None, None, None
             self._cross.threads, self._cross.outputs = 0, {}
             # word timestamps switch the shared config to eager attention for good: later requests keep SDPA
             self.config._attn_implementation = attention

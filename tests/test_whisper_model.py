@@ -458,3 +458,33 @@ def test_fast_decoding_steps_compute_what_transformers_forward_computes(tiny_mod
     assert len(steps) == 1 and torch.equal(ours.logits, theirs.logits)
     for mine, reference in zip(cache.self_attention_cache.layers, other.self_attention_cache.layers):
         assert torch.equal(mine.keys, reference.keys) and torch.equal(mine.values, reference.values)
+
+
+def test_finished_rows_leave_the_step_cache_and_the_others_decode_the_same_tokens(monkeypatch):
+    """Real speech, windows of 4, 12 and 25 s in one batch: the short ones end first and leave the cache (a step
+    then reads the encoder frames of live rows only); every window's tokens equal those of the full batch."""
+    from transformers import AutoFeatureExtractor
+    from transformers.cache_utils import EncoderDecoderCache
+
+    from benchmarks.accuracy import phone_call
+    from conftest import MODELS
+    from whisper_model import ATTENTION
+
+    model = FastWhisper.from_pretrained(MODELS / "whisper-base", dtype=torch.float32,
+                                        attn_implementation=ATTENTION).eval()
+    audio = phone_call()[0]
+    windows = [audio[:16000 * seconds] for seconds in (4, 12, 25)]
+    inputs = AutoFeatureExtractor.from_pretrained(MODELS / "whisper-base")(
+        windows, sampling_rate=16000, return_tensors="pt", return_attention_mask=True)
+    kept = []
+    select = EncoderDecoderCache.batch_select_indices
+    monkeypatch.setattr(EncoderDecoderCache, "batch_select_indices",
+                        lambda self, indices: kept.append(indices.tolist()) or select(self, indices))
+    with torch.inference_mode():
+        ours = model.generate(inputs.input_features, attention_mask=inputs.attention_mask, language="en",
+                              return_timestamps=True)
+        assert kept and len(kept[-1]) == 1
+        monkeypatch.setattr(FastWhisper, "_shrink", lambda self, cache, rows: None)
+        theirs = model.generate(inputs.input_features, attention_mask=inputs.attention_mask, language="en",
+                                return_timestamps=True)
+    assert torch.equal(ours, theirs)
