@@ -463,6 +463,7 @@ class FastWhisper(WhisperForConditionalGeneration):
         self._languages: list[str | None] = []
         self.window_stats: list[WindowStats] | None = None  # a list here collects every window's WindowStats
         self.decode_threads: int | None = None  # torch threads for the decoding steps on CPU (None: torch's count)
+        self.finish_windows = True  # `_FinishWindows`; False decodes a window's tail again as transformers does
         encoder = self.get_encoder()
         encoder.forward = self._encode_once(encoder.forward)
 
@@ -606,7 +607,7 @@ class FastWhisper(WhisperForConditionalGeneration):
         if self._meter is not None:  # a window decoded again from its last timestamp keeps its count
             rows = list(batch_idx_map[:cur_bsz])
             left = None
-            if self._frames is not None:
+            if self._frames is not None and self.finish_windows:
                 left = self._frames[rows] - seek.cpu()[rows]
                 left[left > segment_input.shape[-1]] = -1  # a window longer than 30 s: this pass sees part of it
             self._meter.start(rows, left)

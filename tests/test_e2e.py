@@ -147,23 +147,34 @@ def test_fast_whisper_gives_the_stock_models_outputs(real, sample_bytes):
     from benchmarks.bench_diarization import long_recording
 
     audio = decode_audio(sample_bytes)
-    # a VAD window of the 10-minute benchmark whose text ends before the window does: generate() decodes a
-    # second pass over features from there on, which the encoder cache must not answer
+    # a VAD window of the 10-minute benchmark whose text ends at an opening timestamp before the window does:
+    # generate() decodes a second pass over features from there on, which the encoder cache must not answer
     recording, _ = long_recording(5.7)
     seek_again = recording[int(312.024 * 16000):int(339.976 * 16000)]
     encoded = []
     hook = real.asr.model.get_encoder().conv1.register_forward_hook(lambda *args: encoded.append(1))
+    options = {"batch_size": 8, "return_timestamps": True, "generate_kwargs": {"task": "transcribe"}}
+
+    def both(clips, **changed):  # ours, then the stock class's (the pipeline consumes its input dicts)
+        with torch.inference_mode():
+            return [asr([{"raw": clip, "sampling_rate": 16000} for clip in clips], **{**options, **changed})
+                    for asr in (real.asr, stock)]
+
     try:
-        for clips, timestamps in (((audio, audio[:16000 * 6]), True), ((audio,), "word"), ((seek_again,), True)):
-            options = {"batch_size": 8, "return_timestamps": timestamps, "generate_kwargs": {"task": "transcribe"}}
-            outputs = []
-            for asr in (real.asr, stock):  # the pipeline consumes its input dicts
-                with torch.inference_mode():
-                    outputs.append(asr([{"raw": clip, "sampling_rate": 16000} for clip in clips], **options))
-            assert outputs[0] == outputs[1] and outputs[0][0]["text"]
+        for clips, timestamps in (((audio, audio[:16000 * 6]), True), ((audio,), "word")):
+            ours, theirs = both(clips, return_timestamps=timestamps)
+            assert ours == theirs and ours[0]["text"]
+        assert len(encoded) == 2
+        real.whisper.finish_windows = False  # transformers' own rule: the tail is decoded again
+        ours, theirs = both([seek_again])
+        assert ours == theirs and len(encoded) == 4  # once for the window and once for its tail
+        real.whisper.finish_windows = True  # ours: the window goes on in the same pass
+        ours, theirs = both([seek_again])
+        assert len(encoded) == 5 and ours[0]["chunks"][:-1] == theirs[0]["chunks"][:-1]
+        assert wer(theirs[0]["text"], ours[0]["text"]) <= 0.1
     finally:
         hook.remove()
-    assert len(encoded) == 4  # once per batch, twice for the window decoded in two passes
+        real.whisper.finish_windows = True
 
 
 def test_a_prompt_steers_the_style_and_keeps_the_words(real, sample_bytes):
