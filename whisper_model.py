@@ -292,6 +292,18 @@ def _cached(processors: Any) -> Any:
     return processors
 
 
+def _move_rows(cache: EncoderDecoderCache, moves: list[tuple[int, int]], keep: int) -> None:
+    """Copy row `source` of every cached key and value over row `target`, for each (source, target), then keep the
+    first `keep` rows: `EncoderDecoderCache.batch_select_indices` in the storage the cache has (a copy of 24 windows'
+    cross-attention cache would add 400 MB), moving only the rows that fill the gaps."""
+    for layer in (*cache.self_attention_cache.layers, *cache.cross_attention_cache.layers):
+        for name in ("keys", "values"):
+            tensor = getattr(layer, name)
+            for source, target in moves:
+                tensor[target].copy_(tensor[source])
+            setattr(layer, name, tensor[:keep])
+
+
 def _heads(states: torch.Tensor, head_dim: int) -> torch.Tensor:
     """(rows, 1, heads * head_dim) -> (rows, heads, 1, head_dim), contiguous (WhisperAttention's layout)."""
     return states.view(states.shape[0], 1, -1, head_dim).transpose(1, 2).contiguous()
@@ -518,16 +530,21 @@ class FastWhisper(WhisperForConditionalGeneration):
 
     def _shrink(self, cache: EncoderDecoderCache, rows: int) -> torch.Tensor | None:
         """The rows of this pass still decoding, as indices, once some have finished (None: all): finished rows
-        leave the step cache, so a step reads the encoder frames' keys and values of live rows only."""
+        leave the step cache (`_move_rows`), so a step reads the encoder frames' keys and values of live rows only."""
         meter = self._meter
         if meter is None or len(meter.active) != rows:
             return self._alive
-        alive = self._alive if self._alive is not None else torch.arange(rows)
-        live = meter.active[alive]
+        alive = self._alive.cpu() if self._alive is not None else torch.arange(rows)
+        live = meter.active[alive]  # per row of the cache
         if live.all() or not live.any():  # none finished, or all: transformers stops before the next step
             return self._alive
-        cache.batch_select_indices(live.nonzero()[:, 0].to(self.device))
-        self._alive = alive[live].to(self.device)
+        keep = int(live.sum())
+        gaps = (~live[:keep]).nonzero()[:, 0]
+        tail = live[keep:].nonzero()[:, 0] + keep  # live rows past the end: each fills a gap
+        _move_rows(cache, list(zip(tail.tolist(), gaps.tolist())), keep)
+        alive = alive.clone()
+        alive[gaps] = alive[tail]
+        self._alive = alive[:keep].to(self.device)
         return self._alive
 
     def _fast_step(self, kwargs: dict[str, Any]) -> bool:

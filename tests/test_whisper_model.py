@@ -265,7 +265,8 @@ def test_decoding_steps_run_on_decode_threads_and_the_encoder_on_all(tiny_models
     assert make_pipeline(tiny_models["main"], decode_threads=0).whisper.decode_threads is None
     seen: dict[str, list[int]] = {"encoder": [], "decoder": []}
     hooks = [module.register_forward_hook(lambda *args, part=part: seen[part].append(torch.get_num_threads()))
-             for part, module in (("encoder", model.get_encoder().conv1), ("decoder", model.model.decoder.layers[0].fc1))]
+             for part, module in (("encoder", model.get_encoder().conv1),
+                                  ("decoder", model.model.decoder.layers[0].fc1))]
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -464,8 +465,8 @@ def test_finished_rows_leave_the_step_cache_and_the_others_decode_the_same_token
     """Real speech, windows of 4, 12 and 25 s in one batch: the short ones end first and leave the cache (a step
     then reads the encoder frames of live rows only); every window's tokens equal those of the full batch."""
     from transformers import AutoFeatureExtractor
-    from transformers.cache_utils import EncoderDecoderCache
 
+    import whisper_model
     from benchmarks.accuracy import phone_call
     from conftest import MODELS
     from whisper_model import ATTENTION
@@ -477,14 +478,36 @@ def test_finished_rows_leave_the_step_cache_and_the_others_decode_the_same_token
     inputs = AutoFeatureExtractor.from_pretrained(MODELS / "whisper-base")(
         windows, sampling_rate=16000, return_tensors="pt", return_attention_mask=True)
     kept = []
-    select = EncoderDecoderCache.batch_select_indices
-    monkeypatch.setattr(EncoderDecoderCache, "batch_select_indices",
-                        lambda self, indices: kept.append(indices.tolist()) or select(self, indices))
+    move_rows = whisper_model._move_rows
+    monkeypatch.setattr(whisper_model, "_move_rows",
+                        lambda cache, moves, keep: kept.append(keep) or move_rows(cache, moves, keep))
     with torch.inference_mode():
         ours = model.generate(inputs.input_features, attention_mask=inputs.attention_mask, language="en",
                               return_timestamps=True)
-        assert kept and len(kept[-1]) == 1
+        assert kept and kept[-1] == 1
         monkeypatch.setattr(FastWhisper, "_shrink", lambda self, cache, rows: None)
         theirs = model.generate(inputs.input_features, attention_mask=inputs.attention_mask, language="en",
                                 return_timestamps=True)
     assert torch.equal(ours, theirs)
+
+
+def test_moving_rows_of_a_cache_equals_transformers_batch_select_in_the_same_storage():
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    from whisper_model import _move_rows
+
+    torch.manual_seed(3)
+    tensors = [torch.randn(5, 2, length, 4) for length in (7, 7, 30, 30)]
+    ours, theirs = (EncoderDecoderCache(DynamicCache(), DynamicCache()) for _ in range(2))
+    for cache in (ours, theirs):
+        cache.self_attention_cache.update(tensors[0].clone(), tensors[1].clone(), 0)
+        cache.cross_attention_cache.update(tensors[2].clone(), tensors[3].clone(), 0)
+    storage = ours.cross_attention_cache.layers[0].keys.data_ptr()
+    # rows 1 and 3 finish: row 4 fills row 1's place (3 is past the end); then row 0: row 2 fills it
+    for moves, keep, order in (([(4, 1)], 3, [0, 4, 2]), ([(2, 0)], 2, [2, 1])):
+        _move_rows(ours, moves, keep)
+        theirs.batch_select_indices(torch.tensor(order))
+        for mine, reference in zip((*ours.self_attention_cache.layers, *ours.cross_attention_cache.layers),
+                                   (*theirs.self_attention_cache.layers, *theirs.cross_attention_cache.layers)):
+            assert torch.equal(mine.keys, reference.keys) and torch.equal(mine.values, reference.values)
+    assert ours.cross_attention_cache.layers[0].keys.data_ptr() == storage
