@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import difflib
 import logging
 import os
@@ -32,6 +33,7 @@ from config import (DEFAULT_ASR_MODEL, DEFAULT_ASSISTANT_MODEL, DEFAULT_DIARIZAT
 from diarization_utils import Diarization, diarize, load_diarizer, merge_speakers
 from errors import Cancelled, RequestError, redact
 from transcript import Segment, Transcript, Word, sentences
+from vad import FRAME as VAD_FRAME
 from vad import SpeechDetector, group_windows, max_windows
 from word_timing import refine_words, resolve, uses_vad
 
@@ -43,6 +45,7 @@ CPU_MAX_BATCH = 24  # windows in one forward pass on a CPU, whatever batch_size 
 # timestamp tokens: fast speech needs about half of it, a loop stops there
 TOKENS_PER_SECOND = 12.0
 TOKEN_MARGIN = 16
+PAUSE_S = 0.15  # a window whose last this many seconds the VAD hears no speech in ends at a pause (it pads 0.2 s)
 
 
 @dataclass(frozen=True)
@@ -418,12 +421,13 @@ class SpeechPipeline:
         metrics.observe_batch(len(inputs), batch_size)
         model = self.whisper
         model.window_stats = []
+        model.pause_ends = collections.deque(bool(x.get("pause_end")) for x in inputs)  # generate() takes them in order
         try:  # the ASR pipeline takes its inputs apart: it gets copies, a fallback needs them again
-            outputs = self.asr([dict(x) for x in inputs], batch_size=batch_size,
-                               **{**options["asr"], "generate_kwargs": generate_kwargs})
+            outputs = self.asr([{k: v for k, v in x.items() if k != "pause_end"} for x in inputs],
+                               batch_size=batch_size, **{**options["asr"], "generate_kwargs": generate_kwargs})
             stats = model.window_stats
         finally:
-            model.window_stats = None
+            model.window_stats, model.pause_ends = None, None
         if len(stats) != len(outputs):
             raise RuntimeError(f"{len(outputs)} windows decoded, {len(stats)} measured")
         # beam search and drafts have no log-probability measured: compression is judged alone
@@ -440,8 +444,8 @@ class SpeechPipeline:
         `probabilities`: the VAD's per frame of `audio`, for word timing."""
         if not windows:
             return [], {}
-        inputs = [{"raw": audio[int(s * SAMPLE_RATE):int(e * SAMPLE_RATE)], "sampling_rate": SAMPLE_RATE}
-                  for s, e in windows]
+        inputs = [{"raw": audio[int(s * SAMPLE_RATE):int(e * SAMPLE_RATE)], "sampling_rate": SAMPLE_RATE,
+                   "pause_end": ends_at_pause(probabilities, e)} for s, e in windows]
         word_level = config.return_timestamps == "word"
         guard = Guard.of(config)
         options = {"asr": {"return_timestamps": "word" if word_level else True}, "generate_kwargs": generate_kwargs,
@@ -487,6 +491,15 @@ class SpeechPipeline:
                     on_window(index, window_segments)
             done += size
         return segments, dict(spoken or heard)
+
+
+def ends_at_pause(probabilities: np.ndarray | None, end: float) -> bool:
+    """Whether the VAD heard no speech in the last PAUSE_S before `end` seconds (a window's audio ends at a pause,
+    not mid-speech); False without the VAD's probabilities."""
+    if probabilities is None:
+        return False
+    frames = probabilities[max(0, int((end - PAUSE_S) * SAMPLE_RATE / VAD_FRAME)):int(end * SAMPLE_RATE / VAD_FRAME)]
+    return bool(len(frames)) and float(frames.mean()) < 0.5
 
 
 def _streamed_batches(total: int, batch_size: int) -> list[int]:

@@ -19,6 +19,7 @@ no-speech probability, average log-probability, tokens) and stops a window at it
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import warnings
@@ -388,13 +389,15 @@ TIMESTAMP_FRAMES = 2  # log-mel frames per timestamp token step (0.02 s)
 
 
 class _FinishWindows(LogitsProcessor):
-    """No end of text right after a segment's opening timestamp while more than FINISH_MARGIN_S of the window's
-    audio follows it: the model transcribes that segment in this pass.
+    """For a window whose audio ends at a pause (`FastWhisper.pause_ends`): no end of text right after a segment's
+    opening timestamp while more than FINISH_MARGIN_S of the window's audio follows it, so the model transcribes
+    that segment in this pass.
 
     Whisper ends a window with an opening timestamp when it takes the last segment for cut off, and transformers
-    then encodes the window again from there: a whole encoder pass for a tail. The pipeline's windows end where the
-    VAD's speech ends, so nothing is cut off; on real meetings the tails decoded again cost a third of the time and
-    agreed worse with references (one was an invented "Thank you."; docs/benchmarks.md, "Continuation passes")."""
+    then encodes the window again from there: a whole encoder pass for a tail. A window that ends at a pause cuts
+    nothing off (where speech goes on past its end, forcing the segment can loop); on real meetings the tails
+    decoded again cost a third of the time and agreed worse with references (one was an invented "Thank you.";
+    docs/benchmarks.md, "Continuation passes")."""
 
     def __init__(self, meter: _Meter, timestamp_begin: int, eos: int):
         self.meter, self.timestamp_begin, self.eos = meter, timestamp_begin, eos
@@ -475,7 +478,10 @@ class FastWhisper(WhisperForConditionalGeneration):
         self._languages: list[str | None] = []
         self.window_stats: list[WindowStats] | None = None  # a list here collects every window's WindowStats
         self.decode_threads: int | None = None  # torch threads for the decoding steps on CPU (None: torch's count)
-        self.finish_windows = True  # `_FinishWindows`; False decodes a window's tail again as transformers does
+        # per window of the coming generate() calls, in order: whether its audio ends at a pause, where
+        # `_FinishWindows` applies (None: no window is known to)
+        self.pause_ends: collections.deque[bool] | None = None
+        self._pause_end: torch.Tensor | None = None  # this generate() call's, per window
         encoder = self.get_encoder()
         encoder.forward = self._encode_once(encoder.forward)
 
@@ -624,9 +630,10 @@ class FastWhisper(WhisperForConditionalGeneration):
         if self._meter is not None:  # a window decoded again from its last timestamp keeps its count
             rows = list(batch_idx_map[:cur_bsz])
             left = None
-            if self._frames is not None and self.finish_windows:
+            if self._frames is not None and self._pause_end is not None and self._pause_end.any():
                 left = self._frames[rows] - seek.cpu()[rows]
-                left[left > segment_input.shape[-1]] = -1  # a window longer than 30 s: this pass sees part of it
+                # a window cut mid-speech, or longer than 30 s (this pass sees part of it): transformers' rule
+                left[~self._pause_end[rows] | (left > segment_input.shape[-1])] = -1
             self._meter.start(rows, left)
         return super().generate_with_fallback(segment_input, decoder_input_ids, cur_bsz, seek, batch_idx_map,
                                               *args, **kwargs)
@@ -649,6 +656,9 @@ class FastWhisper(WhisperForConditionalGeneration):
         window to `window_stats` when it is a list. `do_sample` with a `temperature` samples per window
         (`_SeededSampling`) when decoding is not beam search or drafted."""
         self._encoded, self._no_speech, self._languages = [], None, []
+        queue, windows = self.pause_ends, input_features.shape[0] if input_features is not None else 0
+        self._pause_end = torch.tensor([bool(queue.popleft()) if queue else False for _ in range(windows)],
+                                       dtype=torch.bool)
         self._cross.threads = torch.get_num_threads()
         attention = self.config._attn_implementation
         meter = None
@@ -689,7 +699,7 @@ class FastWhisper(WhisperForConditionalGeneration):
             return output
         finally:
             # one model for all threads; they take turns (a lock)
-            self._encoded, self._meter, self._frames, self._alive = None, None, None, None
+            self._encoded, self._meter, self._frames, self._alive, self._pause_end = None, None, None, None, None
             self._cross.threads, self._cross.outputs = 0, {}
             # word timestamps switch the shared config to eager attention for good: later requests keep SDPA
             self.config._attn_implementation = attention

@@ -8,6 +8,7 @@ import subprocess
 import time
 
 import jiwer
+import numpy as np
 import pytest
 from conftest import MODELS, ROOT, make_pipeline
 
@@ -61,7 +62,6 @@ def test_a_german_clip_is_detected_as_german(real, tmp_path):
 
 def test_noise_without_vad_gives_no_text(real):
     """Whisper's own no-speech verdict, with VAD off: noise gives an empty transcript (it gave '1.5kg 1.5kg')."""
-    import numpy as np
 
     noise = (0.01 * np.random.default_rng(0).standard_normal(16000 * 20)).astype(np.float32)
     out = real.handle({"inputs": wav_bytes(noise), "parameters": {"vad": False}})
@@ -86,3 +86,35 @@ def test_the_mix_encodes_each_window_once_and_agrees_with_its_clips_transcribed_
     clips = json.loads((ROOT / "benchmarks" / "results" / "real_recordings_clean.json").read_text())["clips"]
     alone = " ".join([clips[f"trn0{i}/clean"]["ours-fp32"]["text"] for i in range(9)] + [phone_call()[1]])
     assert jiwer.wer(normalise_words(alone), normalise_words(out["text"])) <= 0.15
+
+
+def test_a_window_ends_at_a_pause_where_the_vad_hears_none_and_mid_speech_it_does_not(real):
+    """Only windows that end at a pause go on after an opening timestamp (whisper_model._FinishWindows): cut
+    mid-speech (VAD off, or where a file ends), forcing the segment made Whisper loop."""
+    from speech_pipeline import ends_at_pause
+
+    if not sorted(AMI.glob("trn*.wav")):
+        pytest.skip(f"the AMI tuning clips are not at {AMI}")
+    mix = build_clips(["mix"])[0]["mix"]  # its last region is the call, cut where the file ends
+    probabilities = real.detector.probabilities(mix)
+    regions = real.detector.regions(mix, 30.0, probabilities)
+    assert len(regions) > 20 and regions[-1][1] == pytest.approx(len(mix) / SAMPLE_RATE, abs=0.01)
+    assert all(ends_at_pause(probabilities, end) for _, end in regions[:-1])
+    assert not ends_at_pause(probabilities, regions[-1][1]) and not ends_at_pause(None, regions[0][1])
+    middles = [ends_at_pause(probabilities, (start + end) / 2) for start, end in regions if end - start > 2]
+    assert sum(middles) < len(middles) / 4  # a region keeps pauses under 0.3 s: a middle can fall into one
+    audio = phone_call()[0]
+    long = np.concatenate([audio, audio[:16000 * 15]])  # VAD off: windows of 30 s, the first cut mid-speech
+    pause_ends = []
+    generate = real.whisper.generate
+
+    def spy(*args, **kwargs):
+        pause_ends.append(list(real.whisper.pause_ends))
+        return generate(*args, **kwargs)
+
+    real.whisper.generate = spy
+    try:
+        real.handle({"inputs": wav_bytes(long), "parameters": {"vad": False, "diarization": False}})
+    finally:
+        del real.whisper.generate
+    assert pause_ends[0] == [False, False] and not any(map(any, pause_ends))  # fallbacks included
