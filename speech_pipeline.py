@@ -33,8 +33,7 @@ from config import (DEFAULT_ASR_MODEL, DEFAULT_ASSISTANT_MODEL, DEFAULT_DIARIZAT
 from diarization_utils import Diarization, diarize, load_diarizer, merge_speakers
 from errors import Cancelled, RequestError, redact
 from transcript import Segment, Transcript, Word, sentences
-from vad import FRAME as VAD_FRAME
-from vad import SpeechDetector, group_windows, max_windows
+from vad import SpeechDetector, ends_at_pause, group_windows, max_windows
 from word_timing import refine_words, resolve, uses_vad
 
 logger = logging.getLogger(__name__)
@@ -45,7 +44,6 @@ CPU_MAX_BATCH = 24  # windows in one forward pass on a CPU, whatever batch_size 
 # timestamp tokens: fast speech needs about half of it, a loop stops there
 TOKENS_PER_SECOND = 12.0
 TOKEN_MARGIN = 16
-PAUSE_S = 0.15  # a window whose last this many seconds the VAD hears no speech in ends at a pause (it pads 0.2 s)
 
 
 @dataclass(frozen=True)
@@ -491,15 +489,6 @@ class SpeechPipeline:
                     on_window(index, window_segments)
             done += size
         return segments, dict(spoken or heard)
-
-
-def ends_at_pause(probabilities: np.ndarray | None, end: float) -> bool:
-    """Whether the VAD heard no speech in the last PAUSE_S before `end` seconds (a window's audio ends at a pause,
-    not mid-speech); False without the VAD's probabilities."""
-    if probabilities is None:
-        return False
-    frames = probabilities[max(0, int((end - PAUSE_S) * SAMPLE_RATE / VAD_FRAME)):int(end * SAMPLE_RATE / VAD_FRAME)]
-    return bool(len(frames)) and float(frames.mean()) < 0.5
 
 
 def _streamed_batches(total: int, batch_size: int) -> list[int]:

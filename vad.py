@@ -19,6 +19,7 @@ from errors import RequestError
 Window = tuple[float, float]
 FRAME = 512  # Silero's frame at 16 kHz: 32 ms
 CONTEXT = 64  # samples of the previous frame Silero sees with each frame at 16 kHz
+PAUSE_S = 0.15  # a cut whose last this many seconds hold no speech ends at a pause (regions are padded 0.2 s)
 
 
 @contextmanager
@@ -115,6 +116,15 @@ class StreamingVad:
             ["speech_probs", "hn", "cn"],
             {"input": np.concatenate([contexts, frames], axis=1), "h": self._hidden, "c": self._cell})
         return np.asarray(values, np.float32).reshape(-1)
+
+
+def ends_at_pause(probabilities: np.ndarray | None, end: float) -> bool:
+    """Whether Silero's `probabilities` (per frame of the audio) hear no speech in the last PAUSE_S before `end`
+    seconds: audio cut there ends at a pause, not mid-speech. False without probabilities."""
+    if probabilities is None:
+        return False
+    frames = probabilities[max(0, int((end - PAUSE_S) * SAMPLE_RATE / FRAME)):int(end * SAMPLE_RATE / FRAME)]
+    return bool(len(frames)) and float(frames.mean()) < 0.5
 
 
 def max_windows(max_audio_seconds: float) -> int:

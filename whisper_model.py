@@ -348,8 +348,9 @@ class _Meter:
     `rows` maps the current batch's rows to the windows of the `generate()` call (transformers decodes a window
     again from its last timestamp when it ended mid-segment, with the finished windows left out)."""
 
-    def __init__(self, limits: torch.Tensor, eos: int):
-        self.limits, self.eos = limits, eos
+    def __init__(self, limits: torch.Tensor, eos: int, ends: torch.Tensor | None = None):
+        # `ends`: per window, its log-mel frames where its audio ends at a pause (`_FinishWindows`), else -1
+        self.limits, self.eos, self.ends = limits, eos, ends
         self.sums = torch.zeros(len(limits), dtype=torch.float64)
         self.counts = torch.zeros(len(limits), dtype=torch.long)
         self.bounded = torch.zeros(len(limits), dtype=torch.bool)
@@ -473,7 +474,6 @@ class FastWhisper(WhisperForConditionalGeneration):
         self._encoded: list[tuple[torch.Tensor, Any]] | None = None  # this generate() call's encoder results
         self._meter: _Meter | None = None
         self._alive: torch.Tensor | None = None  # rows of this pass left in the step cache (None: all of them)
-        self._frames: torch.Tensor | None = None  # log-mel frames of each window of this generate() call
         self._no_speech: torch.Tensor | None = None  # this generate() call's no-speech probabilities
         self._languages: list[str | None] = []
         self.window_stats: list[WindowStats] | None = None  # a list here collects every window's WindowStats
@@ -481,7 +481,6 @@ class FastWhisper(WhisperForConditionalGeneration):
         # per window of the coming generate() calls, in order: whether its audio ends at a pause, where
         # `_FinishWindows` applies (None: no window is known to)
         self.pause_ends: collections.deque[bool] | None = None
-        self._pause_end: torch.Tensor | None = None  # this generate() call's, per window
         encoder = self.get_encoder()
         encoder.forward = self._encode_once(encoder.forward)
 
@@ -629,11 +628,11 @@ class FastWhisper(WhisperForConditionalGeneration):
         self._alive = None
         if self._meter is not None:  # a window decoded again from its last timestamp keeps its count
             rows = list(batch_idx_map[:cur_bsz])
-            left = None
-            if self._frames is not None and self._pause_end is not None and self._pause_end.any():
-                left = self._frames[rows] - seek.cpu()[rows]
+            ends, left = self._meter.ends, None
+            if ends is not None and (ends >= 0).any():
+                left = ends[rows] - seek.cpu()[rows]
                 # a window cut mid-speech, or longer than 30 s (this pass sees part of it): transformers' rule
-                left[~self._pause_end[rows] | (left > segment_input.shape[-1])] = -1
+                left[(ends[rows] < 0) | (left > segment_input.shape[-1])] = -1
             self._meter.start(rows, left)
         return super().generate_with_fallback(segment_input, decoder_input_ids, cur_bsz, seek, batch_idx_map,
                                               *args, **kwargs)
@@ -657,8 +656,7 @@ class FastWhisper(WhisperForConditionalGeneration):
         (`_SeededSampling`) when decoding is not beam search or drafted."""
         self._encoded, self._no_speech, self._languages = [], None, []
         queue, windows = self.pause_ends, input_features.shape[0] if input_features is not None else 0
-        self._pause_end = torch.tensor([bool(queue.popleft()) if queue else False for _ in range(windows)],
-                                       dtype=torch.bool)
+        pause_end = torch.tensor([bool(queue.popleft()) if queue else False for _ in range(windows)], dtype=torch.bool)
         self._cross.threads = torch.get_num_threads()
         attention = self.config._attn_implementation
         meter = None
@@ -667,8 +665,8 @@ class FastWhisper(WhisperForConditionalGeneration):
                       else torch.full((input_features.shape[0],), input_features.shape[-1]))
             limits = (token_limits(frames, max_tokens_per_second, token_margin) if max_tokens_per_second
                       else torch.full((len(frames),), self.config.max_target_positions))
-            meter = self._meter = _Meter(limits, self.generation_config.eos_token_id)
-            self._frames = frames
+            meter = self._meter = _Meter(limits, self.generation_config.eos_token_id,
+                                         torch.where(pause_end, frames, -1))
             processors = [*(kwargs.get("logits_processor") or []), _MeterScores(meter)]
             no_timestamps = getattr(self.generation_config, "no_timestamps_token_id", None)
             if no_timestamps is not None:  # before the meter: the log-probabilities are of what may be chosen
@@ -699,7 +697,7 @@ class FastWhisper(WhisperForConditionalGeneration):
             return output
         finally:
             # one model for all threads; they take turns (a lock)
-            self._encoded, self._meter, self._frames, self._alive, self._pause_end = None, None, None, None, None
+            self._encoded, self._meter, self._alive = None, None, None
             self._cross.threads, self._cross.outputs = 0, {}
             # word timestamps switch the shared config to eager attention for good: later requests keep SDPA
             self.config._attn_implementation = attention

@@ -17,7 +17,7 @@ from benchmarks.accuracy import phone_call
 from benchmarks.bench_batched import build_clips
 from benchmarks.benchmark import normalise_words, wav_bytes
 from speech_pipeline import compression_ratio
-from vad import group_windows
+from vad import ends_at_pause, group_windows
 
 pytestmark = pytest.mark.e2e
 
@@ -91,8 +91,6 @@ def test_the_mix_encodes_each_window_once_and_agrees_with_its_clips_transcribed_
 def test_a_window_ends_at_a_pause_where_the_vad_hears_none_and_mid_speech_it_does_not(real):
     """Only windows that end at a pause go on after an opening timestamp (whisper_model._FinishWindows): cut
     mid-speech (VAD off, or where a file ends), forcing the segment made Whisper loop."""
-    from speech_pipeline import ends_at_pause
-
     if not sorted(AMI.glob("trn*.wav")):
         pytest.skip(f"the AMI tuning clips are not at {AMI}")
     mix = build_clips(["mix"])[0]["mix"]  # its last region is the call, cut where the file ends
